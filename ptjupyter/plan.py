@@ -1,0 +1,314 @@
+"""One resolved execution plan: ``resolve(config, layers)`` is the only place that picks a mode.
+
+A config (``Elastic``/``PyTorch``, default ``Elastic()``) plus ordered override layers (``%config``,
+the widget panel, a ``--config`` object, cell flags, ``with_overrides``) become one frozen ``Plan``.
+Launchers take a ``Plan``; none of them looks at ``nnodes`` again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from .config import START_METHODS, Elastic, PyTorch, ELASTIC_DEFAULT_MONITOR_INTERVAL, parse_nnodes
+
+__all__ = ["Mode", "Layer", "K8sOptions", "Plan", "resolve", "logger", "set_debug", "OVERRIDE_KEYS", "TARGETS"]
+
+logger = logging.getLogger("ptjupyter")
+PREFIX = "[PYTORCH_ELASTIC]"
+TARGETS = ("local", "k8s")
+LOCAL_MONITOR_INTERVAL = 0.1  # seconds; the end of a local run must be noticed at once
+
+
+def set_debug(on: bool = True) -> None:
+    """Show (or hide) the ``[PYTORCH_ELASTIC]`` decision lines on stderr. Also: ``PTJUPYTER_DEBUG=1``."""
+    logger.setLevel(logging.DEBUG if on else logging.WARNING)
+    if on and not any(getattr(h, "_ptjupyter", False) for h in logger.handlers):
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h._ptjupyter = True
+        logger.addHandler(h)
+
+
+if os.environ.get("PTJUPYTER_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+    set_debug(True)
+
+
+class Mode(str, Enum):
+    """Where and how the training function runs."""
+
+    DIRECT = "direct"  # world size 1: a plain call in this process, no rendezvous
+    ELASTIC = "elastic"  # one node, several processes: torch's elastic_launch here
+    POD = "pod"  # Kubernetes, one node: a plain batch/v1 Job whose pod runs DIRECT or ELASTIC
+    PYTORCHJOB = "pytorchjob"  # Kubernetes, several nodes: a Kubeflow PyTorchJob
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Override values from one source, e.g. ``Layer("cell flags", {"nproc_per_node": 2})``.
+
+    ``values`` may also be an ``Elastic``/``PyTorch`` object: it then replaces the config and
+    sets all of its fields at this level of precedence.
+    """
+
+    source: str
+    values: Union[Mapping[str, Any], Elastic, PyTorch]
+
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+
+
+@dataclass(frozen=True)
+class K8sOptions:
+    """Cluster-side settings of a Kubernetes run (ignored by local runs)."""
+
+    image: Optional[str] = None
+    namespace: str = "default"
+    context: Optional[str] = None
+    job_name: Optional[str] = None
+    requests: Mapping[str, str] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: Sequence[Mapping[str, Any]] = ()
+    service_account: Optional[str] = None
+
+    def __post_init__(self):
+        if self.image is not None and (not isinstance(self.image, str) or not _IMAGE.match(self.image)):
+            raise ValueError(f"image={self.image!r} is not accepted; expected an image reference like 'repo/name:tag'")
+        if not isinstance(self.namespace, str) or not _DNS1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
+            raise ValueError(
+                f"namespace={self.namespace!r} is not accepted; expected a DNS-1123 label "
+                "(lower-case letters, digits and '-', at most 63 characters)"
+            )
+        if self.job_name is not None and (
+            not isinstance(self.job_name, str) or not _DNS1035_LABEL.match(self.job_name) or len(self.job_name) > 50
+        ):
+            raise ValueError(
+                f"job_name={self.job_name!r} is not accepted; expected a DNS-1035 label (starts with a letter; "
+                "lower-case letters, digits and '-'; at most 50 characters so pod names fit)"
+            )
+        for name in ("requests", "limits"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{name}={value!r} is not accepted; expected a mapping like {{'cpu': '1', 'memory': '2Gi'}}")
+            for k, v in value.items():
+                if not isinstance(k, str) or not k or not _QUANTITY.match(str(v)):
+                    raise ValueError(
+                        f"{name}[{k!r}]={v!r} is not accepted; expected a Kubernetes quantity such as '500m', '2', '4Gi'"
+                    )
+        for name in ("env", "labels", "annotations", "node_selector"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise TypeError(f"{name}={value!r} is not accepted; expected a mapping of strings to strings")
+
+
+K8S_KEYS = tuple(f.name for f in dataclasses.fields(K8sOptions))
+ELASTIC_KEYS = ("nnodes", "nproc_per_node", "start_method", "monitor_interval", "max_restarts", "rdzv_configs")
+OVERRIDE_KEYS = ("target", "rdzv_backend") + ELASTIC_KEYS + K8S_KEYS
+RDZV_BACKENDS = ("c10d", "static", "etcd", "etcd-v2")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a training function runs, fully resolved. Build it with :func:`resolve`."""
+
+    mode: Mode
+    target: str
+    config: Union[Elastic, PyTorch]
+    min_nodes: int
+    max_nodes: int
+    nproc_per_node: int
+    start_method: str
+    max_restarts: int
+    monitor_interval: float
+    rdzv_backend: str
+    rdzv_endpoint: str
+    rdzv_configs: Mapping[str, Any]
+    k8s: K8sOptions
+    sources: Mapping[str, str]
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the largest group the plan allows."""
+        return self.max_nodes * self.nproc_per_node
+
+    @property
+    def node_mode(self) -> Mode:
+        """What one node does: a direct call with one process, an elastic launch with more."""
+        return Mode.DIRECT if self.nproc_per_node == 1 and self.max_nodes == 1 else Mode.ELASTIC
+
+    def describe(self) -> str:
+        """One line per setting with the source that decided it."""
+        rows = [f"mode: {self.mode.value} (target {self.target})"]
+        for key in ("nnodes", "nproc_per_node", "start_method", "max_restarts", "monitor_interval", "rdzv_backend"):
+            value = f"{self.min_nodes}:{self.max_nodes}" if key == "nnodes" else getattr(self, key)
+            rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
+        if self.target == "k8s":
+            for key in ("image", "namespace", "context", "job_name"):
+                rows.append(f"{key}: {getattr(self.k8s, key)}  [{self.sources.get(key, 'default')}]")
+        return "\n".join(rows)
+
+
+def _config_fields(cfg) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def resolve(
+    config: Union[Elastic, PyTorch, None] = None,
+    layers: Sequence[Layer] = (),
+    *,
+    target: Optional[str] = None,
+    env: Optional[Mapping[str, str]] = None,
+) -> Plan:
+    """Resolve ``config`` (default ``Elastic()``) and ``layers`` (lowest precedence first) into a Plan.
+
+    This is the one function that decides the execution mode:
+
+    - local, world size 1 -> ``DIRECT``; local, one node, several processes -> ``ELASTIC``;
+    - local, several nodes -> ``ValueError`` (say ``--target k8s``), unless the torch elastic
+      environment of a PyTorchJob pod (``PET_NNODES``) is present, then ``ELASTIC`` with its rendezvous;
+    - k8s, one node -> ``POD``; k8s, several nodes or a ``PyTorch`` config -> ``PYTORCHJOB``.
+
+    Every bad value raises a one-line ``ValueError``/``TypeError`` naming it, before anything starts.
+    """
+    env = os.environ if env is None else env
+    if config is None:
+        config = Elastic()
+    if not isinstance(config, (Elastic, PyTorch)):
+        raise TypeError(f"config={config!r} is not accepted; expected a ptjupyter.Elastic or ptjupyter.PyTorch")
+    base_source = "Elastic default" if config == Elastic() else f"{type(config).__name__} config"
+    sources: dict[str, str] = {k: base_source for k in ELASTIC_KEYS}
+    elastic_values = _config_fields(config) if isinstance(config, Elastic) else {}
+    other: dict[str, Any] = {"target": target or "local", "rdzv_backend": "c10d"}
+    sources["target"] = "argument" if target else "default"
+    sources["rdzv_backend"] = "default"
+    config_level = -1
+    for level, layer in enumerate(layers):
+        if isinstance(layer.values, (Elastic, PyTorch)):
+            config, config_level = layer.values, level
+            elastic_values = _config_fields(config) if isinstance(config, Elastic) else {}
+            for k in ELASTIC_KEYS:
+                sources[k] = layer.source
+            continue
+        if not isinstance(layer.values, Mapping):
+            raise TypeError(f"overrides from {layer.source}={layer.values!r} are not accepted; expected a mapping")
+        for key, value in layer.values.items():
+            if value is None:
+                continue
+            if key not in OVERRIDE_KEYS:
+                raise TypeError(
+                    f"{key}={value!r} (from {layer.source}) is not an accepted override; accepted: {', '.join(OVERRIDE_KEYS)}"
+                )
+            if key in ELASTIC_KEYS and isinstance(config, PyTorch):
+                if level > config_level >= 0 or config_level < 0:
+                    raise ValueError(
+                        f"{key}={value!r} (from {layer.source}) applies to Elastic configs only; the config is a "
+                        "PyTorch (Master/Worker) config: set worker.replicas there instead"
+                    )
+                continue
+            (elastic_values if key in ELASTIC_KEYS else other)[key] = value
+            sources[key] = layer.source
+
+    target = other.pop("target")
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} (from {sources['target']}) is not accepted; expected one of {', '.join(TARGETS)}")
+    rdzv_backend = other.pop("rdzv_backend")
+    if rdzv_backend not in RDZV_BACKENDS:
+        raise ValueError(
+            f"rdzv_backend={rdzv_backend!r} (from {sources['rdzv_backend']}) is not accepted; expected one of "
+            f"{', '.join(RDZV_BACKENDS)}"
+        )
+    try:
+        k8s = K8sOptions(**other)
+    except (TypeError, ValueError) as e:
+        key = str(e).split("=", 1)[0].split("[", 1)[0]
+        raise type(e)(f"{e} (from {sources.get(key, 'default')})") from None
+
+    if isinstance(config, Elastic):
+        try:
+            config = dataclasses.replace(config, **{k: elastic_values[k] for k in ELASTIC_KEYS})
+        except (TypeError, ValueError) as e:
+            key = str(e).split("=", 1)[0].rsplit(".", 1)[-1]
+            raise type(e)(f"{e} (from {sources.get(key, 'default')})") from None
+        min_nodes, max_nodes = parse_nnodes(config.nnodes)
+        nproc, start_method = config.nproc_per_node, config.start_method
+        max_restarts, monitor_interval = config.max_restarts, float(config.monitor_interval)
+        rdzv_configs = dict(config.rdzv_configs)
+    else:
+        min_nodes = max_nodes = 1 + config.replicas
+        nproc, start_method, max_restarts, monitor_interval, rdzv_configs = 1, "spawn", 0, 1.0, {}
+
+    rdzv_endpoint = "127.0.0.1:0"  # port 0: the agent's TCPStore takes a free port, no race
+    in_pod = "PET_NNODES" in env
+    if target == "k8s":
+        if isinstance(config, PyTorch) or max_nodes > 1:
+            mode = Mode.PYTORCHJOB
+        else:
+            mode = Mode.POD
+    elif isinstance(config, PyTorch):
+        mode = Mode.DIRECT
+    elif in_pod:
+        # inside a PyTorchJob pod (e.g. a Flyte task): the operator's torch elastic environment rules
+        min_nodes, max_nodes = parse_nnodes(env["PET_NNODES"], "PET_NNODES")
+        rdzv_endpoint = env.get("PET_RDZV_ENDPOINT", rdzv_endpoint)
+        rdzv_backend = env.get("PET_RDZV_BACKEND", rdzv_backend)
+        sources["nnodes"] = sources["rdzv_endpoint"] = "PET_* environment"
+        mode = Mode.ELASTIC if max_nodes * nproc > 1 else Mode.DIRECT
+    elif max_nodes > 1:
+        raise ValueError(
+            f"nnodes={config.nnodes!r} (from {sources['nnodes']}) asks for {max_nodes} nodes; a local run has one node. "
+            "Use target='k8s' (--target k8s) for several nodes, or nnodes=1 with nproc_per_node for several processes"
+        )
+    elif nproc == 1:
+        mode = Mode.DIRECT
+    else:
+        mode = Mode.ELASTIC
+
+    if mode is Mode.ELASTIC and start_method == "fork" and target == "local" and _cuda_initialized():
+        raise ValueError(
+            "start_method='fork' is not accepted: CUDA is already initialised in this process and forked workers "
+            "cannot use it; use start_method='spawn' (the default) or 'forkserver', or restart the kernel"
+        )
+
+    if target == "local" and monitor_interval == ELASTIC_DEFAULT_MONITOR_INTERVAL:
+        # the plugin's 5 s default only delays noticing the end of a run by up to 5 s: poll fast locally
+        monitor_interval = LOCAL_MONITOR_INTERVAL
+        sources["monitor_interval"] += f" {ELASTIC_DEFAULT_MONITOR_INTERVAL} s -> local {LOCAL_MONITOR_INTERVAL} s"
+
+    plan = Plan(
+        mode=mode, target=target, config=config, min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc,
+        start_method=start_method, max_restarts=max_restarts, monitor_interval=monitor_interval,
+        rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_configs=rdzv_configs, k8s=k8s,
+        sources=dict(sources),
+    )
+    if logger.isEnabledFor(logging.DEBUG):
+        nn = getattr(config, "nnodes", f"1+{min_nodes - 1}")
+        logger.debug("%s resolve: nnodes=%r, type=%s [%s]", PREFIX, nn, type(nn), sources.get("nnodes"))
+        logger.debug(
+            "%s decision: mode=%s target=%s nodes=%d:%d nproc_per_node=%d [%s] start_method=%s [%s] "
+            "max_restarts=%d [%s] monitor_interval=%s [%s]",
+            PREFIX, mode.value, target, min_nodes, max_nodes, nproc, sources.get("nproc_per_node"), start_method,
+            sources.get("start_method"), max_restarts, sources.get("max_restarts"), monitor_interval,
+            sources.get("monitor_interval"),
+        )
+        if mode is Mode.DIRECT:
+            logger.debug("%s *** SINGLE-NODE DETECTED - BYPASSING ELASTIC LAUNCH ***", PREFIX)
+    return plan
+
+
+def _cuda_initialized() -> bool:
+    """True when this process has a CUDA context; never initialises one (or imports torch) itself."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and hasattr(torch, "cuda") and torch.cuda.is_initialized())
