@@ -25,7 +25,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 MOMENTS = ("startup", "rendezvous", "training", "teardown")
 LINES = 50
-SHORT_REPS, SOAK_REPS = 1, 12
+SHORT_REPS, SOAK_REPS = 2, 12
 COUNTS: Counter = Counter()
 
 
