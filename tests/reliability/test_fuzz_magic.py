@@ -1,0 +1,73 @@
+"""Fuzzed ``%%pytorch_elastic`` option lines (with ``--dry-run``): accepted, or one clear line.
+
+Never a traceback from inside torch, never an exception other than IPython's UsageError (or a
+one-line TypeError/ValueError), never a process started.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from IPython.core.error import UsageError
+
+from tests.conftest import leftover_processes
+
+TRIED: Counter = Counter()
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+
+FLAGS = ["--nnodes", "--nproc-per-node", "--max-restarts", "--start-method", "--target", "--config", "--out",
+         "--timeout", "--image", "--namespace", "--context", "--job-name", "--bogus", "-o", "--nproc_per_node"]
+SWITCHES = ["--rank0-only", "--debug", "--fresh", "--detach"]
+VALUES = st.one_of(
+    st.integers(-5, 10**9).map(str),
+    st.sampled_from(["1", "2", "1:1", "1:4", "4:2", "0", "-1", "a:b", "", "spawn", "fork", "forkserver", "thread",
+                     "local", "k8s", "slurm", "cfg", "missing", "not a name", "1e9", "nan", "inf", "-0.5",
+                     "repo/img:1", "Bad_NS", "ns-1", "9job", "job-a", "x" * 70, "$HOME", "{x}", "'", '"', "\\"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=10),
+)
+
+
+@st.composite
+def option_lines(draw):
+    tokens = []
+    for _ in range(draw(st.integers(0, 5))):
+        if draw(st.booleans()):
+            tokens.append(draw(st.sampled_from(SWITCHES)))
+        else:
+            tokens.append(draw(st.sampled_from(FLAGS)))
+            value = draw(VALUES)
+            tokens.append(shlex.quote(value) if draw(st.booleans()) else value)
+    return " ".join(tokens)
+
+
+@pytest.fixture(scope="module")
+def shell():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ptjupyter import Elastic
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "ptjupyter")
+    ip.user_ns["cfg"] = Elastic(nproc_per_node=2)
+    ip.user_ns["not_a_config"] = 3
+    return ip
+
+
+def test_fuzzed_option_lines_run_or_say_one_line(shell, capsys):
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(line=option_lines())
+    def check(line):
+        TRIED["option lines"] += 1
+        try:
+            shell.run_cell_magic("pytorch_elastic", line + " --dry-run", "x = 1\nx + 1\n")
+        except (UsageError, TypeError, ValueError) as e:
+            msg = str(e).strip()
+            assert msg and "\n" not in msg, (line, msg)
+        capsys.readouterr()
+        assert not leftover_processes(wait=0), line
+
+    check()
