@@ -1,0 +1,153 @@
+"""What a running ``%%pytorch_elastic`` cell shows: rank lines as they arrive and a status line.
+
+:class:`CellSink` is the sink the launchers call from their relay thread: ``line(rank, stream,
+text)`` writes ``[rank1] text`` into the running cell (stdout or stderr, as the rank wrote it) and
+``state(rank, state, detail)`` updates the per-rank status. The status is an in-place
+``display(..., display_id=...)`` in a kernel (``html``), plain text elsewhere (``text``: only the
+summary line), or off. The summary line (``pytorch_elastic: 2/2 ranks exited 0 in 3.1 s``) is
+printed on stdout at the end in every mode but ``off``, so a notebook's saved output stays
+comparable under nbval.
+"""
+from __future__ import annotations
+
+import html
+import os
+import sys
+import threading
+import time
+from typing import Optional
+
+__all__ = ["CellSink", "status_mode", "STATUS_MODES"]
+
+STATUS_MODES = ("auto", "html", "text", "off")
+
+
+def status_mode(requested: str = "auto", shell=None) -> str:
+    """``html`` in a kernel, ``text`` in a terminal or a bare InteractiveShell; ``PTJUPYTER_STATUS`` overrides."""
+    mode = os.environ.get("PTJUPYTER_STATUS", "").strip().lower() or requested
+    if mode not in STATUS_MODES:
+        mode = "auto"
+    if mode == "auto":
+        kernel = shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+        mode = "html" if kernel else "text"
+    return mode
+
+
+class CellSink:
+    """Relay target for one cell run: rank lines into the cell, rank states into the status line."""
+
+    TICK = 1.0  # seconds between elapsed-time refreshes of the live status
+
+    def __init__(self, nproc: int, *, rank0_only: bool = False, status: str = "text", label: str = "pytorch_elastic",
+                 stdout=None, stderr=None):
+        self.nproc = nproc
+        self.rank0_only = rank0_only
+        self.mode = status
+        self.label = label
+        self._out = stdout
+        self._err = stderr
+        self.states: dict[int, tuple[str, str, float]] = {r: ("starting", "", 0.0) for r in range(nproc)}
+        self.counts = {"stdout": 0, "stderr": 0}
+        self.t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._handle = None
+        self._stop = threading.Event()
+        self._ticker: Optional[threading.Thread] = None
+        self.outcome: Optional[str] = None
+
+    # -- the sink interface (called from the launcher's relay thread)
+    def line(self, rank: int, stream: str, text: str) -> None:
+        if self.rank0_only and rank != 0:
+            return
+        self.counts[stream] = self.counts.get(stream, 0) + 1
+        f = (self._err or sys.stderr) if stream == "stderr" else (self._out or sys.stdout)
+        f.write(f"[rank{rank}] {text.rstrip(chr(10))}\n")
+
+    def state(self, rank: int, state: str, detail: str = "") -> None:
+        with self._lock:
+            self.states[rank] = (state, detail, time.monotonic() - self.t0)
+            self._dirty = True
+        if self.mode == "html":
+            self._refresh()
+
+    # -- lifecycle, called by the magic in the kernel's main thread
+    def start(self) -> "CellSink":
+        self.t0 = time.monotonic()
+        if self.mode == "html":
+            from IPython.display import display
+
+            self._handle = display(self._bundle(), raw=True, display_id=True)
+            self._ticker = threading.Thread(target=self._tick, name="ptjupyter-status", daemon=True)
+            self._ticker.start()
+        return self
+
+    def finish(self, outcome: str) -> str:
+        """Stop the live status, show the final states and print the one-line summary; return it."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
+            self._ticker = None
+        self.outcome = outcome
+        for f in (self._out or sys.stdout, self._err or sys.stderr):
+            try:
+                f.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.mode == "html":
+            self._refresh(force=True)
+        summary = self.summary()
+        if self.mode != "off":
+            print(summary, file=self._out or sys.stdout, flush=True)
+        return summary
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def summary(self) -> str:
+        e = f"{self.elapsed():.1f} s"
+        states = [self.states[r][0] for r in sorted(self.states)]
+        if self.outcome == "ok":
+            return f"{self.label}: {self.nproc}/{self.nproc} ranks exited 0 in {e}"
+        if self.outcome:
+            return f"{self.label}: {self.outcome} after {e}"
+        return f"{self.label}: " + ", ".join(f"rank{r} {s}" for r, s in enumerate(states)) + f" ({e})"
+
+    # -- rendering
+    def _rows(self):
+        with self._lock:
+            items = sorted(self.states.items())
+        now = self.elapsed()
+        rows = []
+        for rank, (state, detail, at) in items:
+            text = state + (f" ({detail})" if detail else "")
+            rows.append((rank, text, at if state in ("exited 0", "failed") else now))
+        return rows
+
+    def _bundle(self) -> dict:
+        rows = self._rows()
+        cells = "".join(
+            f"<td style='padding:0 .8em 0 0'><b>rank{r}</b> {html.escape(s)} "
+            f"<span style='color:#888'>{t:.1f} s</span></td>"
+            for r, s, t in rows
+        )
+        head = html.escape(self.label) + (": " + html.escape(self.outcome) if self.outcome and self.outcome != "ok" else "")
+        return {"text/html": f"<table style='font-family:monospace;font-size:90%'><tr><td style='padding:0 1em 0 0'>"
+                             f"{head}</td>{cells}</tr></table>"}
+
+    def _refresh(self, force: bool = False):
+        if self._handle is None:
+            return
+        with self._lock:
+            if not (self._dirty or force):
+                return
+            self._dirty = False
+        try:
+            self._handle.update(self._bundle(), raw=True)
+        except Exception:  # noqa: BLE001 - the status never breaks a run
+            pass
+
+    def _tick(self):
+        while not self._stop.wait(self.TICK):
+            self._dirty = True
+            self._refresh()

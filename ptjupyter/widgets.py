@@ -1,0 +1,153 @@
+"""The widget panel: ``%pytorch_elastic_widgets`` or ``ptjupyter.widgets.panel()``.
+
+An explicit ipywidgets box (not ``interact``: nothing runs when a value changes). The values you
+change become the "widget panel" override layer of later ``%%pytorch_elastic`` cells: above
+``%config``, below a ``--config`` object and the cell's flags. Every change is validated the way
+flags are (through :func:`ptjupyter.plan.resolve`); a bad value shows its one-line error in the
+panel and is not applied. Works headless (nbval): set ``panel.nproc_per_node.value = 2`` in code.
+"""
+from __future__ import annotations
+
+import html
+from typing import Optional
+
+from .plan import TARGETS, resolve
+
+__all__ = ["Panel", "panel", "FIELDS"]
+
+FIELDS = ("nnodes", "nproc_per_node", "max_restarts", "target", "image", "namespace")
+
+
+class Panel:
+    """The widgets (``.nnodes``, ``.nproc_per_node``, ``.max_restarts``, ``.target``, ``.image``,
+    ``.namespace``), the message line (``.message``) and the box that holds them (``.box``)."""
+
+    def __init__(self, magics):
+        import ipywidgets as W
+
+        self.magics = magics
+        self.touched: dict = {}  # field -> value the user set (valid or not)
+        self.error: Optional[str] = None
+        self._syncing = False
+        style = {"description_width": "110px"}
+        self.nnodes = W.Text(description="nnodes", placeholder='N or "MIN:MAX"', style=style)
+        self.nproc_per_node = W.IntText(description="nproc_per_node", style=style)
+        self.max_restarts = W.IntText(description="max_restarts", style=style)
+        self.target = W.Dropdown(options=list(TARGETS), description="target", style=style)
+        self.image = W.Text(description="image (k8s)", placeholder="repo/name:tag", style=style)
+        self.namespace = W.Text(description="namespace (k8s)", style=style)
+        self.message = W.HTML()
+        self.reset_button = W.Button(description="Reset", tooltip="Drop the panel's overrides")
+        self.reset_button.on_click(lambda _b: self.reset())
+        self.box = W.VBox(
+            [W.HTML("<b>%%pytorch_elastic</b> defaults for the next cells"), self.nnodes, self.nproc_per_node,
+             self.max_restarts, self.target, self.image, self.namespace, W.HBox([self.reset_button]), self.message]
+        )
+        self._sync_from_plan()
+        for name in FIELDS:
+            getattr(self, name).observe(lambda change, name=name: self._changed(name, change["new"]), names="value")
+        self._show()
+
+    # -- values
+    @property
+    def overrides(self) -> dict:
+        """The overrides the next cells use (the last valid set)."""
+        return dict(self.magics.widget_overrides)
+
+    @staticmethod
+    def _convert(name, value):
+        if name == "nnodes":
+            text = str(value).strip()
+            return int(text) if text.isdigit() else text
+        if name in ("image", "namespace"):
+            return value.strip() or None
+        return value
+
+    def _changed(self, name, value):
+        if self._syncing:
+            return
+        self.touched[name] = self._convert(name, value)
+        candidate = {k: v for k, v in self.touched.items() if v is not None}
+        try:
+            resolve(None, self.magics.resolve_layers(widget=candidate))
+        except (TypeError, ValueError) as e:
+            self.error = str(e).splitlines()[0]
+        else:
+            self.error = None
+            self.magics.widget_overrides = candidate
+        self._show()
+
+    def reset(self):
+        """Forget the panel's overrides; show the values %config and the defaults give."""
+        self.touched.clear()
+        self.magics.widget_overrides = {}
+        self.error = None
+        self._sync_from_plan()
+        self._show()
+
+    def _sync_from_plan(self):
+        try:
+            plan = resolve(None, self.magics.resolve_layers())
+        except (TypeError, ValueError) as e:
+            self.error = str(e).splitlines()[0]
+            return
+        self._syncing = True
+        try:
+            self.nnodes.value = str(plan.min_nodes) if plan.min_nodes == plan.max_nodes else f"{plan.min_nodes}:{plan.max_nodes}"
+            self.nproc_per_node.value = plan.nproc_per_node
+            self.max_restarts.value = plan.max_restarts
+            self.target.value = plan.target
+            self.image.value = plan.k8s.image or ""
+            self.namespace.value = plan.k8s.namespace
+        finally:
+            self._syncing = False
+
+    def text(self) -> str:
+        """One line: the overrides in force (and what the next cell does), or the error of the last change."""
+        if self.error:
+            return f"error: {self.error} (not applied; the cells use: {self._fmt(self.overrides)})"
+        return f"overrides for the next cells: {self._fmt(self.overrides)}{self._next()}"
+
+    def _next(self) -> str:
+        try:
+            plan = resolve(None, self.magics.resolve_layers())
+        except (TypeError, ValueError):
+            return ""
+        procs = f"{plan.world_size} process" + ("es" if plan.world_size > 1 else "")
+        return f"; next cell: {plan.mode.value}, {procs}, target {plan.target}"
+
+    @staticmethod
+    def _fmt(values: dict) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in sorted(values.items())) or "none (%config and Elastic defaults)"
+
+    def _show(self):
+        color = "#c00" if self.error else "#555"
+        self.message.value = f"<span style='color:{color};font-family:monospace'>{html.escape(self.text())}</span>"
+
+    # -- display
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = self.box._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, tuple):
+            bundle = bundle[0]
+        bundle = dict(bundle or {})
+        bundle["text/plain"] = "pytorch_elastic panel: " + self.text()
+        return bundle
+
+    def __repr__(self):
+        return "<pytorch_elastic panel: " + self.text() + ">"
+
+
+def panel(magics=None) -> Panel:
+    """Build the panel for this shell's ``%%pytorch_elastic`` (loading the extension if needed)."""
+    if magics is None:
+        from IPython import get_ipython
+
+        from .magics import load_ipython_extension
+
+        ip = get_ipython()
+        if ip is None:
+            raise RuntimeError("ptjupyter.widgets.panel() needs an IPython shell or kernel")
+        magics = load_ipython_extension(ip)
+    p = Panel(magics)
+    magics.panel = p
+    return p
