@@ -24,13 +24,29 @@ TARGETS = ("local", "k8s")
 LOCAL_MONITOR_INTERVAL = 0.1  # seconds; the end of a local run must be noticed at once
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a kernel or pytest swaps it per cell/test)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def set_debug(on: bool = True) -> None:
     """Show (or hide) the ``[PYTORCH_ELASTIC]`` decision lines on stderr. Also: ``PTJUPYTER_DEBUG=1``."""
     logger.setLevel(logging.DEBUG if on else logging.WARNING)
-    if on and not any(getattr(h, "_ptjupyter", False) for h in logger.handlers):
-        h = logging.StreamHandler()
+    if on and not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(message)s"))
-        h._ptjupyter = True
         logger.addHandler(h)
 
 
