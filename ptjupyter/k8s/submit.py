@@ -1,0 +1,96 @@
+"""Submit a cell: payload ConfigMap, then the job, then the ConfigMap's ownerReference to the job
+(so deleting the job deletes the payload too)."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping, Optional
+
+from . import manifest as mf
+from . import payload as pl
+from .errors import K8sError
+from .follow import JobRef
+from ..plan import Mode, Plan
+
+__all__ = ["prepare", "submit", "resource_of"]
+
+log = logging.getLogger("ptjupyter")
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def resource_of(plan: Plan) -> str:
+    return "pytorchjobs" if plan.mode is Mode.PYTORCHJOB else "jobs"
+
+
+def prepare(plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = None,
+            name: Optional[str] = None) -> tuple:
+    """(job manifest, ConfigMap manifest, Payload): everything is checked here, before anything is sent."""
+    if plan.mode not in (Mode.POD, Mode.PYTORCHJOB):
+        raise ValueError(f"mode={plan.mode.value!r} is not accepted by ptjupyter.k8s; expected a plan resolved with "
+                         "target='k8s' (mode pod or pytorchjob)")
+    name = name or plan.k8s.job_name or mf.new_job_name()
+    mf.image_for(plan)  # fail on a missing image before pickling anything
+    payload = pl.build(fn, shipped)
+    job = mf.build(plan, name, payload.files, payload.nonce)
+    cm = mf.configmap(name, plan.k8s.namespace, payload.data, payload.binary,
+                      {mf.LABEL_MANAGED: "ptjupyter", mf.LABEL_JOB: name})
+    return job, cm, payload
+
+
+def submit(kube, plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = None,
+           out: Callable[[str], Any] = print, prepared: Optional[tuple] = None) -> JobRef:
+    job, cm, payload = prepared or prepare(plan, fn, shipped)
+    name, resource = job["metadata"]["name"], resource_of(plan)
+    try:
+        kube.request("POST", "configmaps", body=cm)
+    except K8sError as e:
+        if e.status != 409:
+            raise
+        try:  # is it the payload of a live job of that name, or a leftover of an interrupted submit?
+            kube.request("GET", resource, name, attempts=1)
+        except K8sError as e2:
+            if e2.status != 404:
+                raise
+            kube.request("DELETE", "configmaps", cm["metadata"]["name"])
+            kube.request("POST", "configmaps", body=cm)
+        else:
+            raise K8sError(f"Kubernetes API: a {job['kind']} named {name!r} already exists in namespace "
+                           f"{kube.namespace!r} (409): choose another job name (job_name=/--job-name) or cancel it: "
+                           f"%pytorch_elastic_jobs cancel {name}", status=409) from None
+    try:
+        created = _create_job(kube, resource, job, payload.nonce)
+    except BaseException:
+        try:
+            kube.request("DELETE", "configmaps", cm["metadata"]["name"], attempts=2)
+        except K8sError:
+            pass
+        raise
+    md = created.get("metadata") or {}
+    owner = {"apiVersion": job["apiVersion"], "kind": job["kind"], "name": name, "uid": md.get("uid"),
+             "blockOwnerDeletion": False, "controller": False}
+    try:
+        kube.request("PATCH", "configmaps", cm["metadata"]["name"], body={"metadata": {"ownerReferences": [owner]}},
+                     content_type=MERGE_PATCH)
+    except K8sError as e:
+        out(f"[ptjupyter] warning: the payload ConfigMap {cm['metadata']['name']} could not be tied to the job ({e}); "
+            "%pytorch_elastic_jobs cancel deletes it too")
+    return JobRef(name, kube.namespace, resource, payload.nonce, md.get("uid"))
+
+
+def _create_job(kube, resource: str, job: dict, nonce: str) -> dict:
+    name = job["metadata"]["name"]
+    try:
+        return kube.request("POST", resource, body=job)
+    except K8sError as e:
+        if e.status != 409:
+            raise
+        conflict = K8sError(f"Kubernetes API: a {job['kind']} named {name!r} already exists in namespace "
+                            f"{kube.namespace!r} (409): choose another job name (job_name=/--job-name) or cancel it: "
+                            f"%pytorch_elastic_jobs cancel {name}", status=409)
+        # a retried create (after a 5xx) may meet the job its first attempt made: ours if the nonce matches
+        try:
+            existing = kube.request("GET", resource, name, attempts=1)
+        except K8sError:
+            raise conflict from None
+        if ((existing.get("metadata") or {}).get("annotations") or {}).get(mf.ANNOTATION_NONCE) == nonce:
+            return existing
+        raise conflict from None

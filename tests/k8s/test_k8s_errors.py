@@ -1,0 +1,155 @@
+"""Each API problem gives a message a user can act on (one line), and nothing is left half-submitted."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+import fake_k8s
+import k8s_cells
+from ptjupyter import Elastic
+from ptjupyter.k8s import client as kclient
+from ptjupyter.k8s import run
+from ptjupyter.k8s.errors import K8sError
+
+PTJ = r"/apis/kubeflow\.org/v1/namespaces/[^/]+/pytorchjobs$"
+
+
+def _submit(api, plan, **kw):
+    with pytest.raises(K8sError) as e:
+        run(plan, k8s_cells.hello, api_client=api, detach=True, out=lambda s: None, **kw)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_401_says_log_in_again(fake, api, plan_for):
+    fake.fail("POST", r"/configmaps$", 401, message="Unauthorized")
+    msg = _submit(api, plan_for(Elastic(nnodes=2)))
+    assert "unauthorized (401)" in msg and "create configmaps in namespace 'default'" in msg and "log in again" in msg
+
+
+def test_403_names_verb_resource_namespace_and_rbac(fake, api, plan_for):
+    fake.fail("POST", PTJ, 403, message='pytorchjobs.kubeflow.org is forbidden: User "ann" cannot create resource')
+    msg = _submit(api, plan_for(Elastic(nnodes=2), namespace="team-a"))
+    assert "forbidden (403)" in msg and "create pytorchjobs.kubeflow.org in namespace 'team-a'" in msg
+    assert "RBAC" in msg and "kubectl auth can-i create pytorchjobs.kubeflow.org -n team-a" in msg
+    assert fake.names("configmaps", "team-a") == []  # the payload of a refused job is removed again
+
+
+def test_404_on_pytorchjobs_means_no_training_operator(api, plan_for):
+    with fake_k8s.FakeK8s(crd=False) as no_crd:
+        msg = _submit(no_crd.api_client(), plan_for(Elastic(nnodes=2)))
+        assert no_crd.names("configmaps") == []
+    assert "PyTorchJob resource (pytorchjobs.kubeflow.org/v1) is not installed" in msg and "training operator" in msg
+
+
+def test_404_namespace_missing(fake, api, plan_for):
+    fake.fail("POST", r"/configmaps$", 404, message='namespaces "nope" not found', details={"name": "nope", "kind": "namespaces"})
+    msg = _submit(api, plan_for(Elastic(nnodes=2), namespace="nope"))
+    assert "namespace 'nope' not found" in msg
+
+
+def test_409_job_exists_suggests_new_name_or_cancel(fake, api, plan_for):
+    plan = plan_for(Elastic(), job_name="taken")
+    run(plan, k8s_cells.hello, api_client=api, detach=True, out=lambda s: None)
+    msg = _submit(api, plan)
+    assert "a Job named 'taken' already exists in namespace 'default' (409)" in msg
+    assert "choose another job name" in msg and "%pytorch_elastic_jobs cancel taken" in msg
+
+
+def test_409_on_the_job_itself(fake, api, plan_for):
+    fake.fail("POST", PTJ, 409, message='pytorchjobs.kubeflow.org "x" already exists')
+    msg = _submit(api, plan_for(Elastic(nnodes=2), job_name="x"))
+    assert "already exists" in msg and "cancel x" in msg and fake.names("configmaps") == []
+
+
+def test_422_shows_the_servers_field_message(fake, api, plan_for):
+    fake.fail("POST", PTJ, 422, message='PyTorchJob.kubeflow.org "x" is invalid',
+              details={"causes": [{"field": "spec.pytorchReplicaSpecs.Worker.replicas", "message": "must be at least 1"}]})
+    msg = _submit(api, plan_for(Elastic(nnodes=2)))
+    assert "(422 Invalid): spec.pytorchReplicaSpecs.Worker.replicas: must be at least 1" in msg
+
+
+def test_500_and_503_are_retried_with_backoff(fake, api, plan_for):
+    fake.fail("POST", PTJ, 503, times=2)
+    fake.fail("GET", r"/pytorchjobs/", 500, times=1)
+    ref = run(plan_for(Elastic(nnodes=2)), k8s_cells.hello, api_client=api, detach=True, out=lambda s: None)
+    posts = [r for r in fake.requests if r[0] == "POST" and r[1].endswith("/pytorchjobs")]
+    assert len(posts) == 3 and fake.get("pytorchjobs", ref.name) is not None
+
+
+def test_persistent_503_gives_up_after_a_bounded_number_of_attempts(fake, api, plan_for):
+    fake.fail("POST", r"/configmaps$", 503, times=100, message="etcd leader changed")
+    t = time.monotonic()
+    msg = _submit(api, plan_for(Elastic(nnodes=2)))
+    assert time.monotonic() - t < 10
+    assert "(503" in msg and "gave up after 5 attempts" in msg and "etcd leader changed" in msg
+    assert len([r for r in fake.requests if r[0] == "POST"]) == kclient.ATTEMPTS
+
+
+def test_unreachable_server_is_one_line_with_the_host(plan_for, monkeypatch):
+    from kubernetes import client
+
+    monkeypatch.setattr(kclient, "BACKOFF", 0.01)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    cfg = client.Configuration()
+    cfg.host = f"http://127.0.0.1:{port}"
+    cfg.retries = False
+    msg = _submit(client.ApiClient(cfg), plan_for(Elastic(nnodes=2)))
+    assert f"cannot reach the Kubernetes API server at http://127.0.0.1:{port}: connection refused" in msg
+
+
+def test_no_kubeconfig(no_kubeconfig, plan_for):
+    msg = _submit(None, plan_for(Elastic(nnodes=2)))
+    assert "no Kubernetes configuration: no kubeconfig at" in msg and "KUBECONFIG" in msg
+
+
+def test_unknown_context_lists_the_known_ones(tmp_path, monkeypatch, plan_for):
+    cfg = tmp_path / "config"
+    cfg.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: dev\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: secret-token-value}}]\n"
+        "contexts: [{name: dev, context: {cluster: c, user: u}}, {name: prod, context: {cluster: c, user: u}}]\n")
+    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    msg = _submit(None, plan_for(Elastic(nnodes=2), context="staging"))
+    assert "context='staging' is not accepted" in msg and "dev, prod" in msg and "secret-token-value" not in msg
+
+
+def test_bad_values_fail_before_connecting(fake, api, plan_for):
+    with pytest.raises(ValueError) as e:
+        run(plan_for(Elastic(nnodes=2), image=None), k8s_cells.hello, api_client=api)
+    assert "image=None is not accepted" in str(e.value) and fake.requests == []
+
+
+def test_the_kubeconfig_contexts_namespace_is_used_unless_one_is_given(fake, tmp_path, monkeypatch, plan_for):
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{fake.host}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: u, namespace: team-b}}]\n")
+    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    ref = run(plan_for(Elastic()), k8s_cells.hello, detach=True, out=lambda s: None)
+    assert ref.namespace == "team-b" and fake.get("jobs", ref.name, "team-b")["metadata"]["namespace"] == "team-b"
+    assert fake.names("configmaps", "team-b") == [f"{ref.name}-payload"]
+    ref = run(plan_for(Elastic(), namespace="team-c"), k8s_cells.hello, detach=True, out=lambda s: None)
+    assert ref.namespace == "team-c"
+
+
+def test_no_permission_for_events_only_costs_the_status_details(fake, api, plan_for):
+    fake.fail("GET", r"/events$", 403, times=100, message='events is forbidden: User "ann" cannot list resource')
+    out = []
+    assert run(plan_for(Elastic()), k8s_cells.hello, api_client=api, out=out.append) == {"answer": 42, "pid": True}
+    note = next(line for line in out if "not watching events" in line)
+    assert "forbidden (403)" in note and "list events" in note and "[worker-0] hello 2" in out
+
+
+def test_no_permission_for_pod_logs_is_an_error_with_rbac_hint(fake, api, plan_for):
+    fake.fail("GET", r"/log$", 403, times=100, message="pods \"x\" is forbidden: cannot get resource pods/log")
+    out = []
+    run(plan_for(Elastic()), k8s_cells.hello, api_client=api, out=out.append)
+    assert any("forbidden (403): you may not get pods/log in namespace 'default'" in line for line in out), out
