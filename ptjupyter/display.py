@@ -39,8 +39,10 @@ class CellSink:
     TICK = 1.0  # seconds between elapsed-time refreshes of the live status
 
     def __init__(self, nproc: int, *, rank0_only: bool = False, status: str = "text", label: str = "pytorch_elastic",
-                 stdout=None, stderr=None):
+                 stdout=None, stderr=None, name=None, unit: str = "rank"):
         self.nproc = nproc
+        self.name = name or (lambda r: f"rank{r}")  # how a line's source is shown: rank1, worker-0, master-0
+        self.unit = unit
         self.rank0_only = rank0_only
         self.mode = status
         self.label = label
@@ -62,7 +64,7 @@ class CellSink:
             return
         self.counts[stream] = self.counts.get(stream, 0) + 1
         f = (self._err or sys.stderr) if stream == "stderr" else (self._out or sys.stdout)
-        f.write(f"[rank{rank}] {text.rstrip(chr(10))}\n")
+        f.write(f"[{self.name(rank)}] {text.rstrip(chr(10))}\n")
 
     def state(self, rank: int, state: str, detail: str = "") -> None:
         with self._lock:
@@ -108,7 +110,7 @@ class CellSink:
         e = f"{self.elapsed():.1f} s"
         states = [self.states[r][0] for r in sorted(self.states)]
         if self.outcome == "ok":
-            return f"{self.label}: {self.nproc}/{self.nproc} ranks exited 0 in {e}"
+            return f"{self.label}: {self.nproc}/{self.nproc} {self.unit}s exited 0 in {e}"
         if self.outcome:
             return f"{self.label}: {self.outcome} after {e}"
         return f"{self.label}: " + ", ".join(f"rank{r} {s}" for r, s in enumerate(states)) + f" ({e})"
@@ -127,7 +129,7 @@ class CellSink:
     def _bundle(self) -> dict:
         rows = self._rows()
         cells = "".join(
-            f"<td style='padding:0 .8em 0 0'><b>rank{r}</b> {html.escape(s)} "
+            f"<td style='padding:0 .8em 0 0'><b>{self.name(r)}</b> {html.escape(s)} "
             f"<span style='color:#888'>{t:.1f} s</span></td>"
             for r, s, t in rows
         )

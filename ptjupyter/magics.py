@@ -347,8 +347,13 @@ class PytorchElastic(Magics):
         __tracebackhide__ = True  # noqa: F841
         from .display import CellSink, status_mode
 
-        nranks = plan.nproc_per_node * (plan.max_nodes if plan.mode is Mode.PYTORCHJOB else 1)
-        sink = CellSink(nranks, rank0_only=rank0_only, status=status_mode(self.status, self.shell))
+        if plan.target == "k8s":  # the k8s follower reports per pod: index 0..max_nodes-1
+            master = isinstance(plan.config, PyTorch)
+            sink = CellSink(plan.max_nodes, rank0_only=rank0_only, status=status_mode(self.status, self.shell),
+                            unit="pod", name=(lambda i: "master-0" if i == 0 else f"worker-{i - 1}") if master
+                            else (lambda i: f"worker-{i}"))
+        else:
+            sink = CellSink(plan.nproc_per_node, rank0_only=rank0_only, status=status_mode(self.status, self.shell))
         sink.start()
         try:
             if plan.target == "k8s":
@@ -364,6 +369,9 @@ class PytorchElastic(Magics):
 
                 result = launch.run(plan, captured.fn, sink=sink, timeout=timeout, fresh=fresh)
         except KeyboardInterrupt:
+            if plan.target == "k8s":  # following stopped; the job itself keeps running
+                sink.finish("interrupted; stopped following, the job keeps running")
+                raise KeyboardInterrupt("stopped following; the job keeps running") from None
             sink.finish("interrupted; all ranks were stopped")
             # a fresh one: the notebook shows one line, not the launcher's frames
             raise KeyboardInterrupt("all ranks were stopped") from None

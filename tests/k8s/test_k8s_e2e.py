@@ -175,7 +175,7 @@ def test_job_deleted_from_outside_while_followed(fake, api, plan_for, recorder):
     assert fake.names("pods") == [] and fake.names("configmaps") == []
 
 
-def test_k8s_cell_in_a_real_shell_through_the_kubeconfig(fake, tmp_path, monkeypatch):
+def test_k8s_cell_in_a_real_shell_through_the_kubeconfig(fake, tmp_path, monkeypatch, capsys):
     """%%pytorch_elastic --target k8s in an InteractiveShell; the client finds the server through $KUBECONFIG."""
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -192,6 +192,9 @@ def test_k8s_cell_in_a_real_shell_through_the_kubeconfig(fake, tmp_path, monkeyp
     value = shell.run_cell_magic("pytorch_elastic", "--target k8s --image local/python:3.11 --job-name ptj-shell",
                                  "print('hello from the pod')\nfactor * 7")
     assert value == 42
+    out = capsys.readouterr().out
+    assert "[worker-0] hello from the pod" in out and "1/1 pods exited 0" in out, out
+    assert "not-a-real-token" not in out
     assert fake.get("jobs", "ptj-shell")["metadata"]["annotations"]["ptjupyter.io/world-size"] == "1"
     jobs_out = []
     jobs.main("", out=jobs_out.append)  # through the kubeconfig too
