@@ -71,3 +71,43 @@ def test_fuzzed_option_lines_run_or_say_one_line(shell, capsys):
         assert not leftover_processes(wait=0), line
 
     check()
+
+
+def test_fuzzed_widget_values_apply_or_show_one_line_in_the_panel(shell):
+    from traitlets import TraitError
+
+    from ptjupyter import resolve
+    from ptjupyter.magics import load_ipython_extension
+    from ptjupyter.widgets import panel
+
+    magics = load_ipython_extension(shell)
+    p = panel(magics)
+    ints = st.integers(-3, 2**31)
+    texts = st.one_of(st.sampled_from(["1", "2", "1:4", "4:2", "0", "", " ", "a:b", "repo/img:1", "Bad NS", "ns-1",
+                                       "bad image", "k8s"]), st.text(max_size=8))
+    fields = st.one_of(
+        st.tuples(st.just("nnodes"), texts), st.tuples(st.just("image"), texts),
+        st.tuples(st.just("namespace"), texts), st.tuples(st.just("nproc_per_node"), ints),
+        st.tuples(st.just("max_restarts"), ints), st.tuples(st.just("target"), st.sampled_from(["local", "k8s", "x"])),
+    )
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(changes=st.lists(fields, min_size=1, max_size=4))
+    def check(changes):
+        TRIED["widget values"] += 1
+        p.reset()
+        for name, value in changes:
+            try:
+                getattr(p, name).value = value
+            except TraitError:  # the widget itself refuses it (a Dropdown option that does not exist)
+                assert name == "target"
+            text = p.text()
+            assert "\n" not in text
+            if p.error:
+                assert text.startswith("error: ") and p.error in text
+            # whatever the panel shows, the overrides in force always resolve
+            resolve(None, magics.resolve_layers())
+        assert not leftover_processes(wait=0)
+
+    check()
+    p.reset()
