@@ -1,0 +1,98 @@
+"""Plays the notebook kernel for tests that need a real ``__main__`` or must signal/kill the caller.
+
+``python kernel.py MODE TMPDIR``; prints ``READY`` when the workers run and one JSON line at the end.
+The functions run on the workers are defined here, in ``__main__``, as notebook functions are.
+"""
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+from ptjupyter import Layer, resolve
+from ptjupyter.local import launch, warm
+
+PLAN = resolve(layers=[Layer("test", {"nproc_per_node": 2})])
+
+
+def allreduce(extra):
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    t = torch.tensor([dist.get_rank()])
+    dist.all_reduce(t)
+    dist.barrier()
+    dist.destroy_process_group()
+    return int(t) + extra, os.getpid()
+
+
+def sleeper(tmp):
+    """Starts a child (like a DataLoader worker), notes both pids, then sleeps."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(os.path.join(tmp, f"pids.{os.environ['RANK']}"), "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    print("started", flush=True)
+    if os.environ["RANK"] == "1":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # this rank only stops at SIGTERM
+    time.sleep(600)
+
+
+class ReadySink(launch.PrintSink):
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def line(self, rank, stream, text):
+        if text == "started":
+            self.seen += 1
+            if self.seen == self.n:
+                print("READY", flush=True)
+
+
+def listeners(stop, seen):
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set():
+        for p in [me] + me.children(recursive=True):
+            try:
+                seen.update(c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN)
+            except psutil.Error:
+                pass
+        time.sleep(0.05)
+
+
+def main():
+    mode, tmp = sys.argv[1], sys.argv[2]
+    out = {}
+    if mode == "allreduce":
+        stop, seen = threading.Event(), set()
+        threading.Thread(target=listeners, args=(stop, seen), daemon=True).start()
+        out["warm"] = launch.run(PLAN, allreduce, (100,))
+        out["server"] = warm.server_pid()
+        out["warm2"] = launch.run(PLAN, allreduce, (200,))
+        out["server2"] = warm.server_pid()
+        out["fresh"] = launch.run(PLAN, allreduce, (300,), fresh=True)
+        out["closure"] = launch.run(PLAN, lambda: (lambda y: y * 2)(int(os.environ["RANK"]) + 21))
+        stop.set()
+        out["listen_ips"] = sorted(seen)
+    elif mode == "interrupt":
+        restartable = resolve(layers=[Layer("test", {"nproc_per_node": 2, "max_restarts": 3})])
+        try:  # max_restarts=3: the agent must not start new workers after the interrupt
+            launch.run(restartable, sleeper, (tmp,), sink=ReadySink(2))
+            out["error"] = "returned"
+        except KeyboardInterrupt:
+            out["interrupted"] = True
+        out["sigint_restored"] = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        out["sigterm_restored"] = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        out["next"] = launch.run(PLAN, allreduce, (7,))
+    elif mode == "hold":
+        launch.run(PLAN, sleeper, (tmp,), sink=ReadySink(2))
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
