@@ -152,6 +152,7 @@ class Plan:
     rdzv_configs: Mapping[str, Any]
     k8s: K8sOptions
     sources: Mapping[str, str]
+    run_id: Optional[str] = None  # rendezvous id shared by the nodes of one job; None: a fresh one per run
 
     @property
     def world_size(self) -> int:
@@ -265,6 +266,7 @@ def resolve(
         nproc, start_method, max_restarts, monitor_interval, rdzv_configs = 1, "spawn", 0, 1.0, {}
 
     rdzv_endpoint = "127.0.0.1:0"  # port 0: the agent's TCPStore takes a free port, no race
+    run_id = None
     in_pod = "PET_NNODES" in env
     if target == "k8s":
         if isinstance(config, PyTorch) or max_nodes > 1:
@@ -278,6 +280,9 @@ def resolve(
         min_nodes, max_nodes = parse_nnodes(env["PET_NNODES"], "PET_NNODES")
         rdzv_endpoint = env.get("PET_RDZV_ENDPOINT", rdzv_endpoint)
         rdzv_backend = env.get("PET_RDZV_BACKEND", rdzv_backend)
+        # every pod must name the same rendezvous: the operator's id if set, else the Flyte execution, else
+        # torchrun's own default ("none")
+        run_id = env.get("PET_RDZV_ID") or env.get("FLYTE_INTERNAL_EXECUTION_ID") or "none"
         sources["nnodes"] = sources["rdzv_endpoint"] = "PET_* environment"
         mode = Mode.ELASTIC if max_nodes * nproc > 1 else Mode.DIRECT
     elif max_nodes > 1:
@@ -305,7 +310,7 @@ def resolve(
         mode=mode, target=target, config=config, min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc,
         start_method=start_method, max_restarts=max_restarts, monitor_interval=monitor_interval,
         rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_configs=rdzv_configs, k8s=k8s,
-        sources=dict(sources),
+        sources=dict(sources), run_id=run_id,
     )
     if logger.isEnabledFor(logging.DEBUG):
         nn = getattr(config, "nnodes", f"1+{min_nodes - 1}")

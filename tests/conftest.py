@@ -2,9 +2,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _python_sigint_handler():
+    """Each test starts with Python's own SIGINT handler: importing flytekit installs one that calls exit(1)."""
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
 def infrastructure_pids() -> set[int]:

@@ -41,6 +41,9 @@ def test_inside_a_pytorchjob_pod_the_operator_environment_decides_the_nodes():
     plan = resolve(Elastic(nnodes=2, nproc_per_node=1), env=env)
     assert plan.mode is Mode.ELASTIC and (plan.min_nodes, plan.max_nodes) == (2, 2)
     assert plan.rdzv_endpoint == "job-worker-0:23456"
+    assert plan.run_id == "none"  # torchrun's default: every pod of the job names the same rendezvous
+    assert resolve(Elastic(nnodes=2), env=dict(env, PET_RDZV_ID="job-7")).run_id == "job-7"
+    assert resolve(Elastic(nproc_per_node=2), env={}).run_id is None  # local: a fresh id per run
 
 
 def test_precedence_and_sources():

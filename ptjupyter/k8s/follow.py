@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .errors import JobDeleted, JobFailed, K8sError, translate
+from .client import _short
 from .manifest import ANNOTATION_NONCE, CONTAINER, LABEL_HAS_MASTER, LABEL_JOB
 
 __all__ = ["JobRef", "Follower", "job_state", "pod_label", "MARK", "RESULT_LIMIT"]
@@ -363,7 +364,10 @@ class Follower:
                 if w in self._watches:
                     self._watches.remove(w)
             if failures > MAX_FAILURES:
-                fail(K8sError(f"watching {what} of job {self.ref.name} failed {failures} times in a row: {err}"))
+                # one line: an ApiException's str() carries the response headers and body on further lines
+                why = translate(err, "watch", what, self.ref.namespace) if isinstance(err, ApiException) else _short(err)
+                fail(K8sError(f"watching {what} of job {self.ref.name} failed {failures} times in a row: {why}",
+                              status=getattr(err, "status", None)))
                 return
             self.stop.wait(min(0.2 * 2 ** failures, 5.0))
 

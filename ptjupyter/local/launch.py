@@ -7,10 +7,9 @@ value. Failures become :class:`~ptjupyter.local.errors.WorkerFailed` (first fail
 code or signal, its own traceback); ``timeout`` and Ctrl-C stop every worker (SIGINT, SIGTERM,
 SIGKILL) before :class:`~ptjupyter.local.errors.RunTimeout` / ``KeyboardInterrupt`` is raised.
 
-Why not torch's own handling: its process context installs SIGINT/SIGTERM handlers in the main
-thread that raise ``SignalException``, leaves them installed afterwards, and stops workers with one
-signal and a 30 s wait. Here SIGINT stays ours for the run (the ladder runs in our handler, so the
-agent cannot restart anything), torch keeps SIGTERM/SIGHUP/SIGQUIT, and every handler is restored.
+Modules: ``guard`` (Ctrl-C and the timeout), ``reaper`` (stopping processes), ``relay`` (output),
+``worker`` (what each rank runs), ``warm`` (the forkserver), ``rdzv`` (rendezvous), ``ship`` (payload),
+``errors``.
 """
 from __future__ import annotations
 
@@ -21,36 +20,27 @@ import signal
 import socket
 import tempfile
 import threading
-import time
 import uuid
 from typing import Any, Callable, Optional
 
 from . import reaper, warm, worker
-from .errors import RunTimeout, WorkerFailed, cause, hint_for
+from .errors import RunTimeout, WorkerFailed, hint_for
+from .guard import Guard, Stop
+from .rdzv import register as register_rdzv
 from .relay import PrintSink, Relay
+from .ship import ship
 
 __all__ = ["run", "WorkerFailed", "RunTimeout", "PrintSink"]
 
 logger = logging.getLogger("ptjupyter")
 PREFIX = "[PYTORCH_ELASTIC]"
-RDZV_LOCAL = "ptjupyter-local"  # c10d rendezvous whose stores listen on 127.0.0.1 only
-RDZV_POD = "ptjupyter-c10d"  # torch's c10d rendezvous with a fresh worker store per restart
-_HANDLED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
 # a rank that failed only because a peer went away (or was stopped) is not the root cause
-_PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ECONNRESET",
+_PEER_LOSS = ("closed by peer", "reset by peer", "Broken pipe", "ECONNRESET", "Socket closed", "EOF",
               "remote process exited", "DistNetworkError", "Connection refused")
 
 
 _ONE_RUN = threading.RLock()
-
-
-class _Stop(BaseException):
-    """Raised by our SIGINT handler once the workers are stopped; BaseException so torch's
-    ``except Exception`` clauses cannot swallow it."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+RUN_DIR_PREFIX = "ptjupyter-run-"  # + the launching pid: a later run removes those of dead processes
 
 
 def run(plan, fn: Callable, args=(), kwargs=None, *, sink=None, timeout: Optional[float] = None,
@@ -97,12 +87,12 @@ def _in_pod(plan) -> bool:
 def _direct(fn, args, kwargs, sink, timeout):
     if sink is not None:
         sink.state(0, "running", f"pid {os.getpid()} (direct call)")
-    guard = _Guard(timeout) if timeout is not None else None
+    guard = Guard(timeout) if timeout is not None else None
     try:
         if guard is not None:
             guard.arm()
         result = fn(*args, **kwargs)
-    except _Stop as e:
+    except Stop as e:
         stop = e.reason
     except BaseException as e:
         if sink is not None:
@@ -124,85 +114,6 @@ def _direct(fn, args, kwargs, sink, timeout):
     return result
 
 
-class _Guard:
-    """Owns SIGINT (main thread) during a run: Ctrl-C or the timeout run ``on_stop`` then raise ``_Stop``."""
-
-    def __init__(self, timeout: Optional[float], on_stop: Callable[[str], None] = lambda reason: None):
-        self.timeout = timeout
-        self.on_stop = on_stop
-        self.main = threading.current_thread() is threading.main_thread()
-        self.reason: Optional[str] = None
-        self.hurry = False
-        self._armed = False
-        self._deferring = False
-        self.late = False  # Ctrl-C during the cleanup: raised once it is done
-        self._stopping = False
-        self._saved: dict = {}
-        self._timer: Optional[threading.Timer] = None
-
-    def arm(self) -> None:
-        if self.main:
-            for name in _HANDLED:
-                sig = getattr(signal, name, None)
-                if sig is not None:
-                    self._saved[sig] = signal.getsignal(sig)
-            signal.signal(signal.SIGINT, self._on_sigint)
-        self._armed = True
-        if self.timeout is not None:
-            self._timer = threading.Timer(self.timeout, self._expire)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def defer(self) -> None:
-        """From now on Ctrl-C is only noted (``late``): the cleanup must not be cut short."""
-        self._armed = False
-        self._deferring = True
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def disarm(self) -> None:
-        """Stop the timer and put back the handlers this process had before the run (torch's included)."""
-        self.defer()
-        self._deferring = False
-        for sig, handler in self._saved.items():
-            try:
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-            except (ValueError, OSError):
-                pass
-
-    def _expire(self) -> None:
-        if not self._armed:
-            return
-        self.reason = self.reason or "timeout"
-        if self.main:
-            # a real signal to the main thread also breaks blocking waits (select, sleep) in torch's agent
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-        else:
-            self._stop()  # no handler possible off the main thread: stop the workers from here
-
-    def _on_sigint(self, signum, frame):
-        if self._deferring:
-            self.late = True
-            return
-        if not self._armed:
-            original = self._saved.get(signal.SIGINT)
-            if callable(original):
-                return original(signum, frame)
-            raise KeyboardInterrupt
-        if self._stopping:
-            self.hurry = True  # a second Ctrl-C: skip the waits of the ladder
-            return
-        self.reason = self.reason or "interrupt"
-        self._stop()
-        raise _Stop(self.reason)
-
-    def _stop(self) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        self.on_stop(self.reason)
-
-
 # -- elastic launch -------------------------------------------------------------------------------
 class _Launch:
     def __init__(self, plan, fn, args, kwargs, sink, timeout, fresh):
@@ -210,6 +121,7 @@ class _Launch:
         self.sink, self.timeout, self.fresh = sink, timeout, fresh
         self.local = not _in_pod(plan)
         self.relay: Optional[Relay] = None
+        self.guard: Optional[Guard] = None
         self.run_dir = ""
         self._children_before: set = set()
 
@@ -224,7 +136,7 @@ class _Launch:
         method = self.start_method()
         if method == "forkserver":
             warm.prewarm()  # first: the server imports torch while this process does
-        payload = _ship(self.fn, self.args, self.kwargs)
+        payload = ship(self.fn, self.args, self.kwargs)
         from torch.distributed.elastic.multiprocessing import SignalException
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
         from torch.distributed.launcher.api import elastic_launch
@@ -232,7 +144,8 @@ class _Launch:
         if method == "forkserver" and not warm.wait_ready(60):
             logger.warning("ptjupyter: the warm forkserver did not start; using spawn")
             method = "spawn"
-        self.run_dir = tempfile.mkdtemp(prefix="ptjupyter-run-")
+        _remove_stale_run_dirs()
+        self.run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
         try:
             config = self.launch_config(method)
         except BaseException:
@@ -244,7 +157,7 @@ class _Launch:
 
         self._children_before = set(mpp._children.copy())
         self.relay = Relay(self.run_dir, self.sink, ranks=range(self.plan.nproc_per_node) if self.local else ())
-        guard = _Guard(self.timeout, self._stop_workers)
+        guard = self.guard = Guard(self.timeout, self._stop_workers)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s local launch: nproc_per_node=%d start_method=%s (plan: %s%s) max_restarts=%d "
                          "monitor_interval=%s rdzv=%s run_dir=%s", PREFIX, self.plan.nproc_per_node, method,
@@ -258,7 +171,7 @@ class _Launch:
             self.relay.start()
             with _quiet_torch(), _no_main_reimport():
                 result = elastic_launch(config, worker.entry)(payload, self.run_dir, env, os.getpid(), parents)
-        except _Stop as e:
+        except Stop as e:
             outcome = ("stop", e.reason)
         except ChildFailedError as e:
             outcome = ("failed", {r: (f.exitcode, f.message) for r, f in e.failures.items()})
@@ -278,7 +191,7 @@ class _Launch:
             finally:
                 guard.disarm()
         kind, value = outcome
-        if guard.late and kind == "ok":
+        if guard.late and kind == "ok" and guard.reason != "timeout":  # Ctrl-C just as the run ended
             raise KeyboardInterrupt
         if kind == "stop" or (kind != "ok" and guard.reason is not None):  # a result that made it wins
             if (guard.reason or value) == "timeout":
@@ -310,8 +223,8 @@ class _Launch:
         try:
             return LaunchConfig(
                 min_nodes=plan.min_nodes, max_nodes=plan.max_nodes, nproc_per_node=plan.nproc_per_node,
-                run_id=uuid.uuid4().hex,
-                rdzv_backend=_register_rdzv(self.local) if plan.rdzv_backend == "c10d" else plan.rdzv_backend,
+                run_id=plan.run_id or uuid.uuid4().hex,
+                rdzv_backend=register_rdzv(self.local) if plan.rdzv_backend == "c10d" else plan.rdzv_backend,
                 rdzv_endpoint=plan.rdzv_endpoint, rdzv_configs=dict(plan.rdzv_configs),
                 max_restarts=plan.max_restarts, monitor_interval=plan.monitor_interval, start_method=method,
                 local_addr="127.0.0.1" if self.local else None,
@@ -354,7 +267,8 @@ class _Launch:
                 pass
         pids = self._worker_pids()
         what = f"timeout after {self.timeout:g} s" if reason == "timeout" else "interrupted"
-        reaper.ladder(pids, ranks={p: r for p, r in pids.items() if r is not None}, reason=what)
+        reaper.ladder(pids, ranks={p: r for p, r in pids.items() if r is not None}, reason=what,
+                      hurry=lambda: self.guard.hurry)  # a second Ctrl-C skips the waits
 
     def _cleanup(self) -> None:
         pids = self._worker_pids()
@@ -388,7 +302,7 @@ class _Launch:
         def when(w) -> float:
             if w.record and w.record.get("kind") != "ok":
                 return w.record.get("time", float("inf"))
-            return w.died_at or float("inf")
+            return min(w.extra.get("fault_time", float("inf")), w.died_at or float("inf"))
 
         def consequential(w) -> bool:
             text = (w.record or {}).get("traceback", "")
@@ -416,56 +330,31 @@ class _Launch:
                             hint=hint_for(text))
 
 
+def _remove_stale_run_dirs() -> None:
+    """Remove run folders of processes that died without cleaning up (killed kernels)."""
+    base = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(RUN_DIR_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
 def _fault_text(fault: str) -> str:
     return fault.strip() + "\n" if fault.strip() else ""
-
-
-def _ship(fn, args, kwargs) -> bytes:
-    import cloudpickle
-
-    try:
-        return cloudpickle.dumps((fn, tuple(args), kwargs, _sources(fn)))
-    except Exception as e:
-        raise TypeError(f"fn={getattr(fn, '__qualname__', fn)!r} (with its arguments) cannot be shipped to the "
-                        f"workers: {type(e).__name__}: {e}") from None
-
-
-def _sources(fn) -> tuple[dict, dict]:
-    """File names and source lines of the functions shipped by value.
-
-    cloudpickle renames shipped code to ``<dynamic-code>``; with these the worker puts the real
-    file name back and fills ``linecache``, so a rank's traceback shows the user's source lines.
-    """
-    import linecache
-    import types
-
-    try:
-        from cloudpickle.cloudpickle import _should_pickle_by_reference as by_ref
-    except ImportError:  # pragma: no cover - other cloudpickle versions
-        return {}, {}
-    names, files = {}, {}
-    fn = getattr(fn, "__func__", fn)
-    if not isinstance(fn, types.FunctionType):
-        return {}, {}
-    code_names = set()
-    stack = [fn.__code__]
-    while stack:
-        code = stack.pop()
-        code_names.update(code.co_names)
-        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-    candidates = [("", fn)] + [(n, fn.__globals__.get(n)) for n in sorted(code_names)]
-    size = 0
-    for key, f in candidates:
-        if not isinstance(f, types.FunctionType) or by_ref(f):
-            continue
-        filename = f.__code__.co_filename
-        names[key] = filename
-        if filename not in files:
-            lines = linecache.getlines(filename)
-            size += sum(map(len, lines))
-            if size < 4 << 20:
-                files[filename] = lines
-    return names, files
 
 
 def _drop_frames(e: BaseException) -> None:
@@ -539,81 +428,3 @@ class _quiet_torch:
         return False
 
 
-_registered = False
-
-
-def _register_rdzv(local: bool) -> str:
-    global _registered
-    if not _registered:
-        from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
-
-        rendezvous_handler_registry.register(RDZV_LOCAL, _create_local_handler)
-        rendezvous_handler_registry.register(RDZV_POD, _create_pod_handler)
-        _registered = True
-    return RDZV_LOCAL if local else RDZV_POD
-
-
-def _loopback_store(port: int, timeout_s: int = 60):
-    """A TCPStore server that listens on 127.0.0.1 only (torch's binds every interface)."""
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", port))
-        sock.listen(128)
-        port = sock.getsockname()[1]
-        return TCPStore("127.0.0.1", port, is_master=True, multi_tenant=True, wait_for_workers=False,
-                        timeout=timedelta(seconds=timeout_s), master_listen_fd=sock.detach())
-    finally:
-        sock.close()
-
-
-def _create_local_handler(params):
-    """torch's c10d rendezvous with both of its stores (rendezvous, and the one workers share) on 127.0.0.1."""
-    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
-    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
-
-    store = _loopback_store(0, params.get_as_int("read_timeout", 60))
-    params.backend = "c10d"  # it is the c10d rendezvous; only the stores differ
-    return _restart_safe(create_handler(store, C10dRendezvousBackend(store, params.run_id), params), True)
-
-
-def _create_pod_handler(params):
-    """torch's own c10d rendezvous (a PyTorchJob pod: other nodes must reach it), restart-safe."""
-    from torch.distributed.elastic.rendezvous.registry import _create_c10d_handler
-
-    params.backend = "c10d"
-    return _restart_safe(_create_c10d_handler(params), False)
-
-
-_HANDLER_CLASSES: dict = {}
-
-
-def _restart_safe(handler, loopback: bool):
-    """Give every rendezvous round (each restart) a new store for the workers (and, locally, on 127.0.0.1).
-
-    torch 2.13 keeps the first round's shared TCPStore; the workers of a restart then find the
-    previous attempt's gloo addresses in it and connect to dead peers ("Connection refused", or a
-    hang). torch's worker side assumes "a new TCPStore for every retry"; this makes it true.
-    A subclass, not patched attributes: no reference cycle keeps a store (and its port) alive.
-    """
-    base = type(handler)
-    if not (hasattr(handler, "_shared_tcp_store_server") and hasattr(handler, "_bootstrap_store_info")):
-        return handler  # another torch: leave it as it is
-    cls = _HANDLER_CLASSES.get((base, loopback))
-    if cls is None:
-        class RestartSafeHandler(base):
-            def next_rendezvous(self):
-                self._shared_tcp_store_server = None  # the old server goes (its workers are gone)
-                self._bootstrap_store_info = None
-                return super().next_rendezvous()
-
-            if loopback:
-                def _create_tcp_store_server(self, master_addr, master_port):
-                    return _loopback_store(master_port)
-
-        cls = _HANDLER_CLASSES[(base, loopback)] = RestartSafeHandler
-    handler.__class__ = cls
-    return handler

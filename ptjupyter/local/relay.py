@@ -30,6 +30,7 @@ logger = logging.getLogger("ptjupyter")
 STATES = ("starting", "running", "exited 0", "failed")
 _NAME = re.compile(r"^r(\d+)\.a(\d+)\.(out|err|pid)$")
 _CHUNK = 1 << 20
+_MAX_LINE = 1 << 20
 _FAULTS = {
     "Segmentation fault": "SIGSEGV", "Aborted": "SIGABRT", "Floating-point exception": "SIGFPE",
     "Floating point exception": "SIGFPE", "Bus error": "SIGBUS", "Illegal instruction": "SIGILL",
@@ -185,6 +186,8 @@ class Relay(threading.Thread):
             self._pidfds[os.pidfd_open(pid)] = info
         except (AttributeError, OSError):
             info.died_at = time.time() if not _alive(pid) else None
+        if attempt:
+            self._state(rank, "starting", f"restart {attempt}")
         self._state(rank, "running", f"pid {pid}" + (f", restart {attempt}" if attempt else ""))
 
     def _pump(self) -> bool:
@@ -199,10 +202,13 @@ class Relay(threading.Thread):
             return False
         lines = (tail.pending + data).split(b"\n")
         tail.pending = lines.pop()
+        if len(tail.pending) > _MAX_LINE:  # a line without end (binary dump): pass it on in pieces
+            lines.append(tail.pending)
+            tail.pending = b""
         line = self.sink.line
         for raw in lines:
             try:
-                line(rank, stream, raw.decode("utf-8", "replace"))
+                line(rank, stream, _text(raw))
             except Exception as e:  # a broken sink must not stop the relay (nor the run)
                 self._sink_failed(e)
         self.lines += len(lines)
@@ -211,7 +217,7 @@ class Relay(threading.Thread):
     def _close(self, rank: int, stream: str, tail: _Tail) -> None:
         if tail.pending:
             try:
-                self.sink.line(rank, stream, tail.pending.decode("utf-8", "replace"))
+                self.sink.line(rank, stream, _text(tail.pending))
             except Exception as e:
                 self._sink_failed(e)
             self.lines += 1
@@ -243,6 +249,11 @@ class Relay(threading.Thread):
                 info.record = _read_json(pre + ".rec")
             if not info.fault:
                 info.fault = _read_text(pre + ".fault")
+                if info.fault:
+                    try:  # written as it crashed: a better time of death than when we noticed
+                        info.extra["fault_time"] = os.stat(pre + ".fault").st_mtime
+                    except OSError:
+                        pass
             ok = info.record is not None and info.record.get("kind") == "ok"
             code = info.exitcode
             # torch's agent reaps within monitor_interval; until then the exit code is unknown
@@ -264,6 +275,13 @@ class Relay(threading.Thread):
         if self.sink_error is None:
             self.sink_error = e
             logger.warning("ptjupyter: the output sink failed: %r (output keeps being drained)", e)
+
+
+def _text(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace")
+    if "\r" in text:  # progress bars redraw with \r: keep what a terminal would show at the end
+        text = text.rstrip("\r").rsplit("\r", 1)[-1]
+    return text
 
 
 def _order(name: str):

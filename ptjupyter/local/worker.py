@@ -74,7 +74,7 @@ def _apply_env(env: dict) -> None:
     os.environ.update(keep)
 
 
-def _watch_kernel(kernel_pid: int) -> None:
+def _watch_kernel(kernel_pid: int, run_dir: str) -> None:
     """Kill this worker's whole group when the launching process dies, even by SIGKILL.
 
     PR_SET_PDEATHSIG alone is not enough under the forkserver: the worker's parent is the server,
@@ -99,6 +99,9 @@ def _watch_kernel(kernel_pid: int) -> None:
                 except OSError:
                     pass
                 time.sleep(0.5)
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)  # nobody is left to read it
         if os.getpgid(0) == os.getpid():
             os.killpg(0, signal.SIGKILL)  # the worker and what it started
         os.kill(os.getpid(), signal.SIGKILL)
@@ -107,14 +110,15 @@ def _watch_kernel(kernel_pid: int) -> None:
 
 
 def entry(payload: bytes, run_dir: str, env: dict = None, kernel_pid: int = 0, parents=()):
-    """Run ``cloudpickle.loads(payload) = (fn, args, kwargs)`` as this rank; rank 0 returns the pickled result."""
+    """Run this rank: ``payload`` is cloudpickle's ``(fn, args, kwargs, sources)``; rank 0 returns its result
+    pickled with cloudpickle (the others return None)."""
     try:
         os.setpgid(0, 0)  # own group: the launcher stops the worker and its children (DataLoader) together
     except OSError:
         pass
     _die_with_parent(set(parents))
     if kernel_pid:
-        _watch_kernel(kernel_pid)
+        _watch_kernel(kernel_pid, run_dir)
     rank = int(os.environ.get("RANK", "0"))
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     pre = prefix(run_dir, rank, attempt)

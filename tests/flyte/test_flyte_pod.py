@@ -97,9 +97,6 @@ def test_the_overridden_node_runs_its_own_config_in_the_pod(tmp_path, wf_spec, m
     assert "nnodes=2 (from Elastic config) asks for 2 nodes" in output
 
 
-@pytest.mark.xfail(strict=True, reason="ptjupyter.local.launch picks a random rendezvous run_id per process, so the "
-                   "pods of one PyTorchJob never meet (upstream uses the Flyte execution id); needs a run_id from "
-                   "the plan or launch.run")
 def test_the_pods_of_a_two_node_pytorchjob_meet_in_one_rendezvous(tmp_path, template, monkeypatch):
     """Two pods of a PyTorchJob, played by two pyflyte-execute processes with the operator's PET_* environment."""
     from concurrent.futures import ThreadPoolExecutor

@@ -152,6 +152,9 @@ class FakeK8s:
         self.rv = 0
         self.compacted = 0
         self.requests: list = []  # (method, path, query)
+        self.request_times: list = []  # time.monotonic() of each entry of ``requests``
+        self.auth: set = set()  # Authorization headers received (tests check credentials were used, never shown)
+        self.log_history: list = []  # (ns, pod, uid, PodLog) of every container log ever served (recreated pods too)
         self.faults: list = []
         self.log_drops: dict = {}  # pod name -> [after_lines, times, mid_line]
         self.logs: dict = {}  # (ns, pod) -> PodLog
@@ -159,6 +162,8 @@ class FakeK8s:
         self.all_procs: list = []
         self.launch: dict = {}  # (ns, pod) -> (cmd, env, cwd, image, job)
         self.restarting: set = set()
+        self._templates: dict = {}  # (ns, pod) -> pod template (recreate_pod)
+        self._pod_env: dict = {}  # (ns, pod) -> operator environment (recreate_pod)
         self.hold: Optional[tuple] = None
         self.watch_epoch = 0
         self.tmp = tempfile.mkdtemp(prefix="ptj-fake-k8s-")
@@ -256,19 +261,49 @@ class FakeK8s:
         return self.call(lambda: sorted(n for (p, s, n) in self.objects if p == plural and s == ns))
 
     def fail(self, method: str, pattern: str, status: int, times: int = 1, message: str = "", reason: str = "",
-             details: Optional[dict] = None) -> None:
-        """The next ``times`` requests METHOD with a path matching ``pattern`` (regex) answer ``status``."""
-        self.faults.append([method.upper(), re.compile(pattern), status, times, message, reason, details or {}])
+             details: Optional[dict] = None, watch: Optional[bool] = None) -> None:
+        """The next ``times`` requests METHOD with a path matching ``pattern`` (regex) answer ``status``
+        (``watch=True``: only watch requests; ``False``: only the others)."""
+        self.faults.append([method.upper(), re.compile(pattern), status, times, message, reason, details or {}, watch])
+
+    def count(self, method: str, pattern: str, watch: Optional[bool] = None) -> int:
+        """How many requests METHOD with a path matching ``pattern`` the server received so far."""
+        rx = re.compile(pattern)
+        return sum(1 for m, path, q in list(self.requests) if m == method.upper() and rx.search(path)
+                   and (watch is None or watch == (q.get("watch") in ("1", "true", "True"))))
+
+    def recreate_pod(self, pod: str, ns: str = "default", new_name: Optional[str] = None) -> str:
+        """Delete ``pod`` (its container is killed) and create it again from the same template, under the same
+        name (as the training operator does) or ``new_name`` (as the Job controller does); a new uid, a new
+        container that starts its command from the beginning. Returns the new pod's name."""
+        async def do():
+            key = ("pods", ns, pod)
+            obj = self.objects.get(key)
+            if obj is None or (ns, pod) not in self.launch:
+                raise KeyError(pod)
+            md = obj["metadata"]
+            tmpl = self._templates[(ns, pod)]
+            env, job = self._pod_env[(ns, pod)], self.launch[(ns, pod)][4]
+            await self._delete(key)
+            name = new_name or pod
+            await self._start_pod(ns, name, dict(md["labels"]), tmpl, env, md["ownerReferences"][0], job)
+            return name
+        return self.call(do)
 
     def drop_log(self, pod: str, after_lines: int, times: int = 1, mid_line: bool = True) -> None:
         """Cut the log stream of ``pod`` after ``after_lines`` lines (and half of the next one)."""
         self.log_drops[pod] = [after_lines, times, mid_line]
 
-    def compact(self) -> None:
-        """Forget history: a watch from any resourceVersion handed out so far gets ERROR 410 Expired."""
-        def do():
+    def compact(self, drop_watches: bool = False) -> None:
+        """Forget history: a watch from any resourceVersion handed out so far gets ERROR 410 Expired.
+        ``drop_watches``: cut the open watches in the same step (each one then resumes into the 410)."""
+        async def do():
             self.rv += 1  # an empty revision: what a LIST returns from now on is not expired
             self.compacted = self.rv
+            if drop_watches:
+                self.watch_epoch += 1
+                async with self.cond:
+                    self.cond.notify_all()
         self.call(do)
 
     def drop_watches(self) -> None:
@@ -286,6 +321,12 @@ class FakeK8s:
     def release_pods(self) -> None:
         self.hold = None
 
+    def written(self) -> list:
+        """[(pod, uid, [(time.time() written, line text without newline), ...])] of every container that ran,
+        in start order."""
+        return self.call(lambda: [(name, uid, [(t, d.decode("utf-8", "replace").rstrip("\n")) for t, _, d in buf.lines])
+                                  for _, name, uid, buf in self.log_history])
+
     def proc_alive(self, pod: str, ns: str = "default") -> bool:
         return self.call(lambda: (ns, pod) in self.procs and self.procs[(ns, pod)].returncode is None)
 
@@ -301,8 +342,11 @@ class FakeK8s:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method, path, q = request.method, request.path, request.query
         self.requests.append((method, path, dict(q)))
+        self.request_times.append(time.monotonic())
+        self.auth.add(request.headers.get("Authorization", ""))
+        watching = q.get("watch") in ("1", "true", "True")
         for f in self.faults:
-            if f[3] > 0 and f[0] == method and f[1].search(path):
+            if f[3] > 0 and f[0] == method and f[1].search(path) and (f[7] is None or f[7] == watching):
                 f[3] -= 1
                 return self.status(f[2], f[4] or f"injected {f[2]}", f[5], f[6])
         m = ROUTE.match(path)
@@ -465,11 +509,11 @@ class FakeK8s:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)
         sent = 0
-        drop = self.log_drops.get(name)
         while True:
             while idx < len(buf.lines):
                 _, ts, data = buf.lines[idx]
                 line = (ts.encode() + b" " if stamps else b"") + data
+                drop = self.log_drops.get(name)  # per line: a drop set while the stream is open cuts it too
                 if drop and drop[1] > 0 and sent >= drop[0]:
                     drop[1] -= 1
                     if drop[2]:
@@ -618,6 +662,8 @@ class FakeK8s:
                 if not k.startswith(("PET_", "MASTER_", "TORCHELASTIC_", "PTJUPYTER_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         full_env = {**base, "OMP_NUM_THREADS": "1", **{e["name"]: local(e.get("value", "")) for e in c.get("env") or []}, **env}
         self.logs[(ns, name)] = PodLog()
+        self.log_history.append((ns, name, pod["metadata"]["uid"], self.logs[(ns, name)]))
+        self._templates[(ns, name)], self._pod_env[(ns, name)] = tmpl, env
         self.launch[(ns, name)] = (cmd, full_env, str(pod_dir), c.get("image", ""), job)
         await self._spawn(ns, name, 0)
         await self._job_progress(job, ns)
@@ -649,6 +695,7 @@ class FakeK8s:
 
     async def _pump(self, ns: str, name: str, proc, job: tuple) -> None:
         buf = self.logs[(ns, name)]
+        uid = self.objects[("pods", ns, name)]["metadata"]["uid"]
         while True:
             data = await proc.stdout.readline()
             if not data:
@@ -661,8 +708,8 @@ class FakeK8s:
         buf.done = True  # ends the follow streams of this container, as the kubelet does
         async with buf.cond:
             buf.cond.notify_all()
-        if ("pods", ns, name) not in self.objects:
-            return
+        if ("pods", ns, name) not in self.objects or self.objects[("pods", ns, name)]["metadata"]["uid"] != uid:
+            return  # deleted (and maybe recreated under the same name): this container's end changes nothing
         if (ns, name) in self.restarting:
             self.restarting.discard((ns, name))
             cs = self.objects[("pods", ns, name)]["status"]["containerStatuses"][0]

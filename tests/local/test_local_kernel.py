@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,9 +20,9 @@ SCRIPT = Path(__file__).with_name("scripts") / "kernel.py"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start(mode, tmp_path):
+def start(mode, tmp_path, *args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(SCRIPT), mode, str(tmp_path)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, str(SCRIPT), mode, str(tmp_path), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
 
@@ -98,6 +99,7 @@ def test_workers_die_with_a_killed_kernel(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert not alive(pids + server, wait=5), "orphans after the kernel was SIGKILLed"
+    assert not list(Path(tempfile.gettempdir()).glob(f"ptjupyter-run-{proc.pid}-*"))  # the workers removed it
 
 
 def test_sigterm_to_the_kernel_stops_workers_then_the_kernel(tmp_path):
@@ -134,3 +136,15 @@ def test_script_without_main_guard(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("top level ran") == 1
     assert "warm 1 fresh 1" in out.stdout
+
+
+@pytest.mark.parametrize("count", [pytest.param(6, id="short"), pytest.param(60, id="soak", marks=pytest.mark.soak)])
+def test_interrupts_at_random_moments(tmp_path, count):
+    """Ctrl-C anywhere in a run (max_restarts=1): never a leftover, a stale handler or a respawn."""
+    proc = start("interrupts", tmp_path, count, 1234)
+    out, err = proc.communicate(timeout=60 + 3 * count)
+    assert proc.returncode == 0, err[-3000:]
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["bad"] == [] and res["next"] == 1
+    assert res["interrupted"] + res["completed"] == count
+    print(f"interrupts: {res['interrupted']} interrupted, {res['completed']} completed before the signal")

@@ -246,3 +246,20 @@ def test_timeout_off_the_main_thread(plan2, no_leftovers):
     t.start()
     t.join(60)
     assert isinstance(box.get("e"), RunTimeout), box
+
+
+def test_children_of_workers_are_stopped_too(plan2, no_leftovers):
+    sink = w.Sink()
+    with pytest.raises(WorkerFailed, match="failing with a child running"):
+        run(plan2, w.child_then_fail, sink=sink)
+    children = [int(t.split()[1]) for r in (0, 1) for t in sink.text(r) if t.startswith("child ")]
+    assert len(children) == 2
+    assert not [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_timeout_kills_what_ignores_sigint_and_sigterm(plan2, no_leftovers, capfd):
+    with pytest.raises(RunTimeout):
+        run(plan2, w.deaf, timeout=1)
+    err = capfd.readouterr().err
+    assert "sending SIGINT" in err and "sending SIGTERM" in err and "sending SIGKILL" in err
+    assert "all workers stopped" in err

@@ -59,3 +59,22 @@ def test_stderr_is_relayed_separately(plan2):
 
     run(plan2, both, sink=sink)
     assert sink.text(0, "stdout") == ["to out"] and sink.text(1, "stderr") == ["to err"]
+
+
+def test_carriage_returns_and_endless_lines(plan2):
+    sink = w.Sink()
+
+    def progress():
+        import sys
+
+        for i in range(5):
+            sys.stderr.write(f"\rstep {i}/5")
+        sys.stderr.write("\r\n")
+        print("windows line\r")
+        sys.stdout.write("x" * (3 << 20))  # 3 MiB, no newline
+        return 0
+
+    run(plan2, progress, sink=sink)
+    assert sink.text(0, "stderr") == ["step 4/5"]
+    out = sink.text(0)
+    assert out[0] == "windows line" and "".join(out[1:]) == "x" * (3 << 20)

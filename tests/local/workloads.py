@@ -112,15 +112,22 @@ def many_lines(n):
     return n
 
 
-def pids_then_sleep(path, seconds=60):
-    """Write this worker's pid (and a child's) to ``path``.rank, then sleep; for orphan tests."""
+def child_then_fail(bad_rank=1):
+    """Every rank starts a long-lived child (as DataLoader workers are); ``bad_rank`` then fails."""
     import subprocess
     import sys
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    with open(f"{path}.{rank()}", "w") as f:
-        f.write(f"{os.getpid()} {child.pid}")
-    print(f"started {os.getpid()}", flush=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN) if rank() == 1 else None  # rank 1 needs SIGTERM
+    print(f"child {child.pid}", flush=True)
+    time.sleep(0.3)
+    if rank() == bad_rank:
+        raise RuntimeError("failing with a child running")
+    time.sleep(60)
+
+
+def deaf(seconds=60):
+    """Ignores SIGINT and SIGTERM: only SIGKILL stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("deaf", flush=True)
     time.sleep(seconds)
-    return 0

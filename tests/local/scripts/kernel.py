@@ -52,6 +52,63 @@ class ReadySink(launch.PrintSink):
                 print("READY", flush=True)
 
 
+def steps(n):
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    for i in range(n):
+        dist.all_reduce(torch.ones(1000))
+        print("step", i, flush=True)
+        time.sleep(0.01)
+    dist.barrier()
+    return 1
+
+
+class Quiet(launch.PrintSink):
+    def line(self, rank, stream, text):
+        pass
+
+
+def interrupts(n, seed):
+    """Ctrl-C at a random moment of n runs (start-up, rendezvous, training, teardown)."""
+    import random
+
+    import psutil
+
+    rng = random.Random(seed)
+    plan = resolve(layers=[Layer("test", {"nproc_per_node": 2, "max_restarts": 1})])
+    launch.run(plan, steps, (1,), sink=Quiet())
+    stats = {"interrupted": 0, "completed": 0, "bad": []}
+    for i in range(n):
+        delay = rng.uniform(0, 1.0)
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            launch.run(plan, steps, (50,), sink=Quiet())
+            stats["completed"] += 1
+            timer.cancel()
+        except KeyboardInterrupt:
+            stats["interrupted"] += 1
+        except BaseException as e:  # noqa: BLE001 - reported
+            stats["bad"].append(f"{i}: {type(e).__name__}: {str(e)[:200]}")
+        timer.join()
+        infra = warm.helper_pids()
+        deadline = time.monotonic() + 2
+        while True:
+            left = [p.pid for p in psutil.Process().children(recursive=True)
+                    if p.pid not in infra and p.status() != psutil.STATUS_ZOMBIE]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if left:
+            stats["bad"].append(f"{i}: left {left}")
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            stats["bad"].append(f"{i}: SIGINT handler not restored")
+    stats["next"] = launch.run(plan, steps, (1,), sink=Quiet())
+    return stats
+
+
 def listeners(stop, seen):
     import psutil
 
@@ -89,6 +146,8 @@ def main():
         out["sigint_restored"] = signal.getsignal(signal.SIGINT) is signal.default_int_handler
         out["sigterm_restored"] = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         out["next"] = launch.run(PLAN, allreduce, (7,))
+    elif mode == "interrupts":
+        out = interrupts(int(sys.argv[3]), int(sys.argv[4]))
     elif mode == "hold":
         launch.run(PLAN, sleeper, (tmp,), sink=ReadySink(2))
     print(json.dumps(out), flush=True)
