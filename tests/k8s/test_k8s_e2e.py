@@ -26,8 +26,8 @@ def test_two_nodes_live_ordered_result_with_dropped_log_and_watch(fake, api, pla
     def on_line(rec, rank, text):
         if text == "rank 0 step 1" and not cut.is_set():
             cut.set()
-            fake.compact()  # the next watch from an old resourceVersion gets 410 Gone -> relist
-            fake.drop_watches()
+            # one step: the next watch from an old resourceVersion gets 410 Gone -> relist
+            fake.compact(drop_watches=True)
 
     out, rec = [], recorder(on_line)
     t0 = time.monotonic()

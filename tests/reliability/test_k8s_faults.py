@@ -407,10 +407,14 @@ def cases(reps, seed):
     for r in range(reps):
         out += [("watch_drop", None), ("watch_410", "event"), ("watch_410", "status"), ("log_drop", None),
                 ("pod_recreated", r % 2 == 0), ("job_deleted", None)]
-    picks = list(range(len(TRANSIENT)))
-    rng.shuffle(picks)
-    for i in range(max(reps, len(TRANSIENT)) if reps > SHORT else reps + 1):
-        out.append(("transient_5xx", TRANSIENT[picks[i % len(picks)]]))
+    if reps > SHORT:
+        picks = list(range(len(TRANSIENT)))
+        rng.shuffle(picks)
+        out += [("transient_5xx", TRANSIENT[picks[i % len(picks)]]) for i in range(max(reps, len(TRANSIENT)))]
+    else:  # one at submit, one on a watch, one on the log stream
+        out += [("transient_5xx", rng.choice([c for c in TRANSIENT if c[3] == "submit"])),
+                ("transient_5xx", rng.choice([c for c in TRANSIENT if c[2]])),
+                ("transient_5xx", TRANSIENT[-1])]
     persistent = [("POST", r"/configmaps$", None), ("GET", r"/jobs$", True), ("GET", r"/log$", None)]
     for i in range(reps if reps > SHORT else 1):
         out += [("persistent_5xx", p) for p in persistent]
