@@ -250,7 +250,17 @@ def measure(workload: str, launchers: list[str], reps: int) -> dict:
             cmd = [torchrun, "--standalone", "--nproc_per_node=2", str(PEERS / "torchrun_target.py"), workload]
         else:
             cmd = [PY, str(PEERS / "launch.py"), SCRIPT_LAUNCHERS[name], workload]
-        rows[name] = summarize([run_process(cmd) for _ in range(reps)])
+        samples, failures = [], []
+        for _ in range(reps):
+            try:
+                samples.append(run_process(cmd))
+            except RuntimeError as e:  # a peer's flake is reported, and the run goes on
+                failures.append(str(e).splitlines()[0][:200])
+        if not samples:
+            rows[name] = {"skipped": f"every run failed: {failures[0]}"}
+            continue
+        rows[name] = summarize(samples)
+        rows[name]["failures"] = len(failures)
         print(f"  {workload:5s} {name:30s} {rows[name]['median']:.2f} s", file=sys.stderr, flush=True)
     if any(n in launchers for n in KERNEL_LAUNCHERS):
         first, nxt = kernel_runs(workload, reps)
@@ -277,7 +287,8 @@ def table(results: dict) -> str:
                 continue
             fl = f"{r['first_line']:.2f}" if r["first_line"] is not None else "-"
             tr = f"{r['train_ratio']:.2f}" if r.get("train_ratio") else "-"
-            lines.append(f"| {workload} | {name} | {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) | "
+            failed = f" ({r['failures']} of {r['n'] + r['failures']} runs failed)" if r.get("failures") else ""
+            lines.append(f"| {workload} | {name}{failed} | {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) | "
                          f"{r.get('ratio', float('nan')):.2f} | {fl} | {r['rss_mb']:.0f} | {tr} |")
     x = results["extras"]
     lines.append("")

@@ -50,6 +50,7 @@ def train(steps: int = 50):
     elapsed = time.perf_counter() - t0
     if dist.get_rank() == 0:
         print(f"BENCH_TRAIN {steps / elapsed:.3f}", flush=True)
+    dist.barrier()  # nobody tears gloo down while a peer still talks to it
     dist.destroy_process_group()
     return round(float(loss), 4)
 

@@ -83,11 +83,26 @@ def _restart_safe(handler, loopback: bool):
             def next_rendezvous(self):
                 self._shared_tcp_store_server = None  # the old server goes (its workers are gone)
                 self._bootstrap_store_info = None
+                if loopback:
+                    return self._first_round_without_delay(super().next_rendezvous)
                 return super().next_rendezvous()
 
             if loopback:
                 def _create_tcp_store_server(self, master_addr, master_port):
                     return _loopback_store(master_port)
+
+                def _first_round_without_delay(self, join):
+                    # torch sleeps 0-0.3 s before a first round to spread many nodes' joins over time;
+                    # one local node has nobody to spread out, and every cell would pay it
+                    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+                    delay = dr._delay
+                    # only the random first-round spread (a (low, high) range); polling delays stay
+                    dr._delay = lambda seconds: None if isinstance(seconds, tuple) else delay(seconds)
+                    try:
+                        return join()
+                    finally:
+                        dr._delay = delay
 
         cls = _HANDLER_CLASSES[(base, loopback)] = RestartSafeHandler
     handler.__class__ = cls
