@@ -6,6 +6,7 @@ where other nodes must reach the store). Both give each restart a fresh store fo
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 
 __all__ = ["register", "RDZV_LOCAL", "RDZV_POD"]
@@ -92,18 +93,38 @@ def _restart_safe(handler, loopback: bool):
                     return _loopback_store(master_port)
 
                 def _first_round_without_delay(self, join):
-                    # torch sleeps 0-0.3 s before a first round to spread many nodes' joins over time;
-                    # one local node has nobody to spread out, and every cell would pay it
-                    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
-
-                    delay = dr._delay
-                    # only the random first-round spread (a (low, high) range); polling delays stay
-                    dr._delay = lambda seconds: None if isinstance(seconds, tuple) else delay(seconds)
-                    try:
+                    with _local_shortcuts(skip_spread=True):
                         return join()
-                    finally:
-                        dr._delay = delay
+
+                def shutdown(self):
+                    with _local_shortcuts(skip_spread=False):
+                        return super().shutdown()
 
         cls = _HANDLER_CLASSES[(base, loopback)] = RestartSafeHandler
     handler.__class__ = cls
     return handler
+
+
+@contextlib.contextmanager
+def _local_shortcuts(skip_spread: bool):
+    """Two costs torch's rendezvous pays that one local node does not need, switched off for a call.
+
+    - a random 0-0.3 s sleep before the first round, which spreads many nodes' joins over time;
+    - ``get_method_name()`` (``inspect.stack()``, reading source files) for every rendezvous event
+      it records, evaluated even when the events go to a NullHandler (the default): ~40 ms a run.
+    Polling delays are kept. Runs are serialised by the launcher, so the swap is not raced.
+    """
+    import logging
+
+    from torch.distributed.elastic.events.handlers import get_logging_handler
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    delay, method_name = dr._delay, dr.get_method_name
+    if skip_spread:
+        dr._delay = lambda seconds: None if isinstance(seconds, tuple) else delay(seconds)
+    if isinstance(get_logging_handler("dynamic_rendezvous"), logging.NullHandler):
+        dr.get_method_name = lambda depth=2: "rendezvous"
+    try:
+        yield
+    finally:
+        dr._delay, dr.get_method_name = delay, method_name
