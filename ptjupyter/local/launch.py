@@ -13,6 +13,7 @@ Modules: ``guard`` (Ctrl-C and the timeout), ``reaper`` (stopping processes), ``
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -133,17 +134,18 @@ class _Launch:
         return "forkserver"  # "spawn" and "forkserver" both get the warm, torch-preloaded forkserver
 
     def run(self) -> Any:
-        method = self.start_method()
-        if method == "forkserver":
-            warm.prewarm()  # first: the server imports torch while this process does
-        payload = ship(self.fn, self.args, self.kwargs)
-        from torch.distributed.elastic.multiprocessing import SignalException
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-        from torch.distributed.launcher.api import elastic_launch
+        with _ctrl_c_during_start_up():
+            method = self.start_method()
+            if method == "forkserver":
+                warm.prewarm()  # first: the server imports torch while this process does
+            payload = ship(self.fn, self.args, self.kwargs)
+            from torch.distributed.elastic.multiprocessing import SignalException
+            from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+            from torch.distributed.launcher.api import elastic_launch
 
-        if method == "forkserver" and not warm.wait_ready(60):
-            logger.warning("ptjupyter: the warm forkserver did not start; using spawn")
-            method = "spawn"
+            if method == "forkserver" and not warm.wait_ready(60):
+                logger.warning("ptjupyter: the warm forkserver did not start; using spawn")
+                method = "spawn"
         _remove_stale_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
         try:
@@ -328,6 +330,35 @@ class _Launch:
         others = {w.rank: w.detail() for w in current if w.rank != rank and bad(w)}
         return WorkerFailed(rank, code, text, attempt=last, max_restarts=self.plan.max_restarts, others=others,
                             hint=hint_for(text))
+
+
+@contextlib.contextmanager
+def _ctrl_c_during_start_up():
+    """Ctrl-C while a run starts (imports, the forkserver) stops it before any worker exists.
+
+    Some imports catch everything, KeyboardInterrupt included; without this a Ctrl-C that lands in
+    one is lost and the run goes on. The interrupt is noted here and honoured once start-up is done.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit = []
+
+    def on_sigint(signum, frame):
+        hit.append(signum)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except BaseException:
+        if hit:  # e.g. an ImportError left behind by the import the interrupt cut short
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+    if hit:
+        raise KeyboardInterrupt
 
 
 def _remove_stale_run_dirs() -> None:
