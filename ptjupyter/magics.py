@@ -25,6 +25,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from .config import START_METHODS, Elastic, PyTorch
 from .display import STATUS_MODES
+from .local.errors import hint_for
 from .plan import PREFIX, TARGETS, Layer, Mode, logger, resolve
 
 __all__ = ["PytorchElastic", "PytorchElasticError", "CellSyntaxError", "RankFailed", "CellTimeout",
@@ -89,33 +90,6 @@ _RUNNER_FRAME = re.compile(r'^\s*File "<(dynamic-code|ptjupyter runner)>", line 
 
 class CellTimeout(PytorchElasticError):
     """``--timeout`` passed: every rank was stopped."""
-
-
-_HINTS = (
-    (("Can't get attribute", "on <module '__main__'", "attribute lookup", "Can't pickle <class '__main__",
-      "Can't pickle local object", "PicklingError"),
-     "an object of a class or function defined in the notebook (__main__) was pickled by reference inside a worker "
-     "(torch.save(model), DataLoader(num_workers>0), a multiprocessing queue): save model.state_dict(), use "
-     "num_workers=0, or move the class into a .py module next to the notebook"),
-    (("RendezvousTimeoutError", "RendezvousClosedError", "rendezvous", "Rendezvous"),
-     "the ranks did not all join the rendezvous in time: check nnodes/nproc_per_node and that no rank crashed "
-     "during start-up; locally only one node is possible"),
-    (("Address already in use", "EADDRINUSE", "address already in use"),
-     "a port was in use: another run (or a leftover process) holds it; ptjupyter picks a free port itself, so "
-     "check for a fixed MASTER_PORT/rdzv endpoint in your code or environment"),
-    (("Cannot re-initialize CUDA in forked subprocess", "CUDA initialization", "forked subprocess"),
-     "CUDA was initialised before the workers were forked: use --start-method spawn (the default) and do not "
-     "touch torch.cuda in the notebook before the run"),
-    (("DistNetworkError", "Timed out", "timed out", "DistBackendError"),
-     "a collective or barrier timed out: a rank is stuck or died; --timeout S stops all ranks after S seconds"),
-)
-
-
-def hint_for(text: str) -> Optional[str]:
-    for needles, hint in _HINTS:
-        if any(n in text for n in needles):
-            return hint
-    return None
 
 
 @magics_class

@@ -90,9 +90,9 @@ def _last_line(text: str) -> str:
 
 _HINTS = (
     (re.compile(r"Can't (?:pickle|get attribute) .*__main__|Can't get attribute '[^']+' on <module '__(?:mp_)?main__'"),
-     "an object defined in __main__ (a notebook cell or script) was pickled by reference; define it in a "
-     "module the workers can import, or let ptjupyter ship it by value (pass it as an argument / capture it in "
-     "the function) with cloudpickle"),
+     "an object defined in __main__ (a notebook cell or script) was pickled by reference inside a worker "
+     "(torch.save(model), DataLoader(num_workers>0), a multiprocessing queue): save model.state_dict(), use "
+     "num_workers=0, or define it in a .py module the workers can import"),
     (re.compile(r"PicklingError|[Cc]an't pickle|cannot pickle|is not picklable|cannot be pickled"),
      "a value sent to or returned from the workers cannot be pickled; return plain data (numbers, tensors, dicts)"),
     (re.compile(r"RendezvousTimeoutError|(?i:rendezvous.*timed? ?out)|timed out.*rendezvous"),
@@ -104,6 +104,9 @@ _HINTS = (
     (re.compile(r"(?i)cannot re-initialize cuda in forked subprocess|CUDA.*initiali[sz]ed.*fork"),
      "CUDA was initialised in this process before the workers were forked; use start_method='spawn' (the "
      "default) or restart the kernel and do not touch torch.cuda before the run"),
+    (re.compile(r"DistNetworkError|DistBackendError|(?i:timed out)"),
+     "a collective or barrier timed out: a rank is stuck or died; --timeout S (timeout=S) stops every rank "
+     "after S seconds"),
 )
 
 
