@@ -25,7 +25,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from .config import START_METHODS, Elastic, PyTorch
 from .display import STATUS_MODES
-from .local.errors import hint_for
+from .local.hints import hint_for
 from .plan import PREFIX, TARGETS, Layer, Mode, logger, resolve
 
 __all__ = ["PytorchElastic", "PytorchElasticError", "CellSyntaxError", "RankFailed", "CellTimeout",

@@ -86,7 +86,7 @@ class K8sOptions:
     """Cluster-side settings of a Kubernetes run (ignored by local runs)."""
 
     image: Optional[str] = None
-    namespace: str = "default"
+    namespace: Optional[str] = None  # None: the kubeconfig context's namespace (as kubectl uses it)
     context: Optional[str] = None
     job_name: Optional[str] = None
     requests: Mapping[str, str] = field(default_factory=dict)
@@ -101,7 +101,9 @@ class K8sOptions:
     def __post_init__(self):
         if self.image is not None and (not isinstance(self.image, str) or not _IMAGE.match(self.image)):
             raise ValueError(f"image={self.image!r} is not accepted; expected an image reference like 'repo/name:tag'")
-        if not isinstance(self.namespace, str) or not _DNS1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
+        if self.namespace is not None and (
+            not isinstance(self.namespace, str) or not _DNS1123_LABEL.match(self.namespace) or len(self.namespace) > 63
+        ):
             raise ValueError(
                 f"namespace={self.namespace!r} is not accepted; expected a DNS-1123 label "
                 "(lower-case letters, digits and '-', at most 63 characters)"
@@ -172,7 +174,10 @@ class Plan:
             rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
         if self.target == "k8s":
             for key in ("image", "namespace", "context", "job_name"):
-                rows.append(f"{key}: {getattr(self.k8s, key)}  [{self.sources.get(key, 'default')}]")
+                value = getattr(self.k8s, key)
+                if key == "namespace" and value is None:
+                    value = "the kubeconfig context's"
+                rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
         return "\n".join(rows)
 
 

@@ -35,7 +35,7 @@ class Panel:
         self.max_restarts = W.IntText(description="max_restarts", style=style)
         self.target = W.Dropdown(options=list(TARGETS), description="target", style=style)
         self.image = W.Text(description="image (k8s)", placeholder="repo/name:tag", style=style)
-        self.namespace = W.Text(description="namespace (k8s)", style=style)
+        self.namespace = W.Text(description="namespace (k8s)", placeholder="the kubeconfig context's", style=style)
         self.message = W.HTML()
         self.reset_button = W.Button(description="Reset", tooltip="Drop the panel's overrides")
         self.reset_button.on_click(lambda _b: self.reset())
@@ -98,7 +98,7 @@ class Panel:
             self.max_restarts.value = plan.max_restarts
             self.target.value = plan.target
             self.image.value = plan.k8s.image or ""
-            self.namespace.value = plan.k8s.namespace
+            self.namespace.value = plan.k8s.namespace or ""
         finally:
             self._syncing = False
 

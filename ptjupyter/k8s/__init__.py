@@ -26,8 +26,7 @@ def run(plan, fn: Callable[[], Any], *, sink=None, detach: bool = False, api_cli
     from .follow import Follower
     from .submit import prepare, submit
     prepared = prepare(plan, fn, shipped)  # every option and the payload size, before connecting
-    explicit = plan.sources.get("namespace") not in (None, "default")
-    kube = connect(plan.k8s.namespace if explicit else None, plan.k8s.context, api_client)
+    kube = connect(plan.k8s.namespace, plan.k8s.context, api_client)
     if kube.namespace != plan.k8s.namespace:  # the kubeconfig context's namespace, as kubectl would use it
         plan = dataclasses.replace(plan, k8s=dataclasses.replace(plan.k8s, namespace=kube.namespace))
         for manifest in prepared[:2]:

@@ -228,6 +228,8 @@ def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> d
     if nonce:
         annotations[ANNOTATION_NONCE] = nonce
     meta = {"name": name, "namespace": plan.k8s.namespace, "labels": _labels(plan, name), "annotations": annotations}
+    if meta["namespace"] is None:  # the kubeconfig context's: filled in once connected
+        del meta["namespace"]
     rp = _run_policy(plan)
     if plan.mode is Mode.POD:
         template = _pod_template(plan, name, image_for(plan), _merge_resources(plan), files, "Never")
@@ -278,6 +280,6 @@ def configmap(name: str, namespace: str, data: Mapping[str, str], binary: Mappin
     """The payload ConfigMap (``binary`` values already base64); its ownerReference is added after the job exists."""
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": configmap_name(name), "namespace": namespace, "labels": dict(labels)},
+        "metadata": {"name": configmap_name(name), "labels": dict(labels), **({"namespace": namespace} if namespace else {})},
         "data": dict(data), "binaryData": dict(binary),
     }

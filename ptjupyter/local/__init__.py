@@ -2,7 +2,7 @@
 
 ``run`` lives in :mod:`ptjupyter.local.launch`; importing this package imports no torch.
 """
-from .errors import RunTimeout, WorkerFailed
+from ..errors import RunTimeout, WorkerFailed
 
 __all__ = ["run", "prewarm", "WorkerFailed", "RunTimeout"]
 

@@ -25,7 +25,8 @@ import uuid
 from typing import Any, Callable, Optional
 
 from . import reaper, warm, worker
-from .errors import RunTimeout, WorkerFailed, hint_for
+from ..errors import RunTimeout, WorkerFailed
+from .hints import hint_for
 from .guard import Guard, Stop
 from .rdzv import register as register_rdzv
 from .relay import PrintSink, Relay

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import cause
+from ..errors import cause
 
 __all__ = ["PrintSink", "Relay", "WorkerInfo", "STATES"]
 

@@ -86,7 +86,7 @@ def test_every_generated_pytorchjob_validates(config, options):
         assert pod.get("serviceAccountName") == options.get("service_account")
         env = {e["name"]: e["value"] for e in c["env"]}
         assert env["PYTHONUNBUFFERED"] == "1" and all(env[k] == v for k, v in options.get("env", {}).items())
-    assert job["metadata"]["namespace"] == options.get("namespace", "default")
+    assert job["metadata"].get("namespace") == options.get("namespace")  # absent: the kubeconfig context's
     assert isinstance(spec["nprocPerNode"], str) and spec["nprocPerNode"] == str(plan.nproc_per_node)
     rp = getattr(config, "run_policy", None)
     assert spec["runPolicy"]["cleanPodPolicy"] == (rp.clean_pod_policy.k8s if rp and rp.clean_pod_policy else "None")

@@ -11,7 +11,7 @@ import pytest
 
 from ptjupyter import Layer, resolve
 from ptjupyter.local import warm
-from ptjupyter.local.errors import RunTimeout, WorkerFailed
+from ptjupyter.errors import RunTimeout, WorkerFailed
 from ptjupyter.local.launch import run
 from tests.conftest import leftover_processes, listening_sockets
 from tests.local import workloads as w

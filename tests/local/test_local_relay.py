@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ptjupyter.local.errors import WorkerFailed
+from ptjupyter.errors import WorkerFailed
 from ptjupyter.local.launch import run
 from tests.local import workloads as w
 

@@ -109,7 +109,7 @@ EXPECT = {
 
 
 def run_fault(kind, fault_ranks, moment):
-    from ptjupyter.local.errors import WorkerFailed
+    from ptjupyter.errors import WorkerFailed
     from ptjupyter.local.launch import run
 
     sink, stop = Sink(), threading.Event()
@@ -163,7 +163,7 @@ def test_next_run_after_faults_is_normal():
 
 
 def test_hung_barrier_ends_at_the_timeout_with_every_rank_stopped():
-    from ptjupyter.local.errors import RunTimeout
+    from ptjupyter.errors import RunTimeout
     from ptjupyter.local.launch import run
 
     before = listening_sockets()
@@ -204,7 +204,7 @@ def fail_first_attempts(n_faults):
 
 @pytest.mark.parametrize("restarts", [1, 2])
 def test_max_restarts_recovers_from_n_faults_and_fails_on_n_plus_1(restarts):
-    from ptjupyter.local.errors import WorkerFailed
+    from ptjupyter.errors import WorkerFailed
     from ptjupyter.local.launch import run
 
     plan = resolve(Elastic(nproc_per_node=2, max_restarts=restarts))
