@@ -186,7 +186,7 @@ def direct_overhead_ms() -> float:
     code = r"""
 import time
 from ptjupyter import resolve
-from ptjupyter.local.launch import run
+from ptjupyter.execute import execute as run
 def f(): return 1
 n = 2000
 t = time.perf_counter()

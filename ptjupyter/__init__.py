@@ -5,11 +5,14 @@ configs (``PyTorch``, ``Elastic``, ...) work with flytekit's ``@task(task_config
 Importing this package imports no torch, flytekit or kubernetes.
 """
 from .config import CleanPodPolicy, Elastic, Master, PyTorch, RestartPolicy, RunPolicy, Worker
+from .errors import PtjupyterError
+from .execute import execute
 from .plan import Layer, Mode, Plan, resolve, set_debug
 
 __all__ = [
     "PyTorch", "Elastic", "Worker", "Master", "RunPolicy", "RestartPolicy", "CleanPodPolicy",
-    "Plan", "Mode", "Layer", "resolve", "set_debug", "load_ipython_extension", "unload_ipython_extension",
+    "Plan", "Mode", "Layer", "resolve", "execute", "set_debug", "PtjupyterError",
+    "load_ipython_extension", "unload_ipython_extension",
 ]
 __version__ = "0.1.0"
 
@@ -22,6 +25,7 @@ def load_ipython_extension(ipython):
 
 
 def unload_ipython_extension(ipython):
+    """``%unload_ext ptjupyter``: remove the magics from this shell."""
     from .magics import unload_ipython_extension as _unload
 
     _unload(ipython)

@@ -21,6 +21,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from .errors import InvalidValue
+
 __all__ = ["CapturedCell", "CaptureError", "capture_cell", "format_size", "CELL_FILENAME", "WARN_BYTES"]
 
 CELL_FILENAME = "<pytorch_elastic cell>"
@@ -31,7 +33,7 @@ FUNCTION_NAME = "pytorch_elastic_cell"
 _ALWAYS_HIDDEN = {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_", "__", "___"}
 
 
-class CaptureError(ValueError):
+class CaptureError(InvalidValue):
     """A captured name cannot be shipped to the workers (one line: the name, its type, the cause)."""
 
 

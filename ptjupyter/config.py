@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Union
 
 __all__ = [
     "RestartPolicy", "CleanPodPolicy", "RunPolicy", "Worker", "Master", "PyTorch", "Elastic",
-    "START_METHODS", "parse_nnodes",
+    "START_METHODS", "parse_nnodes", "given_fields",
 ]
 
 START_METHODS = ("spawn", "fork", "forkserver")
@@ -130,9 +130,16 @@ def _strict_init(cls):
         if len(args) > len(names):
             raise TypeError(f"{cls.__name__} takes at most {len(names)} positional arguments ({', '.join(names)})")
         init(self, *args, **kwargs)
+        # which fields the caller set: an explicit value equal to the default still counts (see given_fields)
+        object.__setattr__(self, "_given", frozenset(names[: len(args)]) | frozenset(kwargs))
 
     cls.__init__ = __init__
     return cls
+
+
+def given_fields(cfg) -> frozenset:
+    """The fields a config's constructor was given explicitly (``Elastic(monitor_interval=5)`` -> that one)."""
+    return getattr(cfg, "_given", frozenset())
 
 
 @_strict_init

@@ -190,17 +190,17 @@ class _ConfigTask(PythonFunctionTask):
     def execute(self, **kwargs) -> Any:
         from flytekit.exceptions import scopes as exception_scopes
 
-        from .local import launch
+        from .execute import execute
 
         logger.debug("%s execute: task_config=%r", PREFIX, self.task_config)
         task, plan = _LOCAL_PLAN.get((None, None))
         if task is not self:
             plan = resolve(self.task_config)  # local target; a PyTorchJob pod's PET_* environment is honoured
         if plan.mode is Mode.DIRECT:
-            return launch.run(plan, exception_scopes.user_entry_point(self._task_function), kwargs=kwargs)
-        return self._elastic_execute(plan, launch, kwargs)
+            return execute(plan, exception_scopes.user_entry_point(self._task_function), kwargs=kwargs)
+        return self._elastic_execute(plan, execute, kwargs)
 
-    def _elastic_execute(self, plan, launch, kwargs):
+    def _elastic_execute(self, plan, execute, kwargs):
         import flytekit
         from flytekit.exceptions.user import FlyteRecoverableException
 
@@ -213,7 +213,7 @@ class _ConfigTask(PythonFunctionTask):
             _flyte_worker, self._task_function, ctx.raw_output_prefix, checkpoint_dest, checkpoint_src
         )
         try:
-            result = launch.run(plan, worker, kwargs=kwargs)
+            result = execute(plan, worker, kwargs=kwargs)
         except RuntimeError as e:
             if "FlyteRecoverableException" in (getattr(e, "traceback_text", "") or ""):
                 raise FlyteRecoverableException(str(e)) from e

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from .config import START_METHODS, Elastic, PyTorch, ELASTIC_DEFAULT_MONITOR_INTERVAL, parse_nnodes
+from .config import ELASTIC_DEFAULT_MONITOR_INTERVAL, Elastic, PyTorch, given_fields, parse_nnodes
+from .errors import InvalidType, InvalidValue
 
-__all__ = ["Mode", "Layer", "K8sOptions", "Plan", "resolve", "logger", "set_debug", "OVERRIDE_KEYS", "TARGETS"]
+__all__ = ["Mode", "Rendezvous", "Layer", "K8sOptions", "Plan", "resolve", "logger", "set_debug", "OVERRIDE_KEYS",
+           "TARGETS", "RUN_KEYS"]
 
 logger = logging.getLogger("ptjupyter")
 PREFIX = "[PYTORCH_ELASTIC]"
@@ -63,6 +65,13 @@ class Mode(str, Enum):
     PYTORCHJOB = "pytorchjob"  # Kubernetes, several nodes: a Kubeflow PyTorchJob
 
 
+class Rendezvous(str, Enum):
+    """Who provides the rendezvous of an elastic run."""
+
+    LOOPBACK = "loopback"  # ptjupyter's own store on 127.0.0.1: one node, this machine
+    POD_ENV = "pod-env"  # the training operator's PET_* environment inside a PyTorchJob pod
+
+
 @dataclass(frozen=True)
 class Layer:
     """Override values from one source, e.g. ``Layer("cell flags", {"nproc_per_node": 2})``.
@@ -100,45 +109,52 @@ class K8sOptions:
 
     def __post_init__(self):
         if self.image is not None and (not isinstance(self.image, str) or not _IMAGE.match(self.image)):
-            raise ValueError(f"image={self.image!r} is not accepted; expected an image reference like 'repo/name:tag'")
+            raise InvalidValue(f"image={self.image!r} is not accepted; expected an image reference like 'repo/name:tag'")
         if self.namespace is not None and (
             not isinstance(self.namespace, str) or not _DNS1123_LABEL.match(self.namespace) or len(self.namespace) > 63
         ):
-            raise ValueError(
+            raise InvalidValue(
                 f"namespace={self.namespace!r} is not accepted; expected a DNS-1123 label "
                 "(lower-case letters, digits and '-', at most 63 characters)"
             )
         if self.job_name is not None and (
             not isinstance(self.job_name, str) or not _DNS1035_LABEL.match(self.job_name) or len(self.job_name) > 50
         ):
-            raise ValueError(
+            raise InvalidValue(
                 f"job_name={self.job_name!r} is not accepted; expected a DNS-1035 label (starts with a letter; "
                 "lower-case letters, digits and '-'; at most 50 characters so pod names fit)"
             )
         for name in ("requests", "limits"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
-                raise TypeError(f"{name}={value!r} is not accepted; expected a mapping like {{'cpu': '1', 'memory': '2Gi'}}")
+                raise InvalidType(f"{name}={value!r} is not accepted; expected a mapping like {{'cpu': '1', 'memory': '2Gi'}}")
             for k, v in value.items():
                 if not isinstance(k, str) or not k or not _QUANTITY.match(str(v)):
-                    raise ValueError(
+                    raise InvalidValue(
                         f"{name}[{k!r}]={v!r} is not accepted; expected a Kubernetes quantity such as '500m', '2', '4Gi'"
                     )
         for name in ("env", "labels", "annotations", "node_selector"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-                raise TypeError(f"{name}={value!r} is not accepted; expected a mapping of strings to strings")
+                raise InvalidType(f"{name}={value!r} is not accepted; expected a mapping of strings to strings")
 
 
 K8S_KEYS = tuple(f.name for f in dataclasses.fields(K8sOptions))
 ELASTIC_KEYS = ("nnodes", "nproc_per_node", "start_method", "monitor_interval", "max_restarts", "rdzv_configs")
-OVERRIDE_KEYS = ("target", "rdzv_backend") + ELASTIC_KEYS + K8S_KEYS
+RUN_KEYS = ("timeout", "fresh", "detach")  # how this one run goes, not what the job is
+OVERRIDE_KEYS = ("target", "rdzv_backend") + ELASTIC_KEYS + K8S_KEYS + RUN_KEYS
 RDZV_BACKENDS = ("c10d", "static", "etcd", "etcd-v2")
+_LOCAL_ONLY = ("timeout", "fresh")  # a cluster job has its own deadline (RunPolicy) and starts its own processes
+_K8S_ONLY = ("detach",)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How a training function runs, fully resolved. Build it with :func:`resolve`."""
+    """How a training function runs, fully resolved. Build it with :func:`resolve`.
+
+    Every fact a runner needs is a field; ``sources`` (where each value came from) is for
+    :meth:`describe` only. ``warnings`` are the one-line notes about options that do not apply.
+    """
 
     mode: Mode
     target: str
@@ -155,6 +171,11 @@ class Plan:
     k8s: K8sOptions
     sources: Mapping[str, str]
     run_id: Optional[str] = None  # rendezvous id shared by the nodes of one job; None: a fresh one per run
+    rendezvous: Rendezvous = Rendezvous.LOOPBACK
+    timeout: Optional[float] = None  # seconds, then every local rank is stopped
+    fresh: bool = False  # local: plain spawn instead of the warm forkserver
+    detach: bool = False  # k8s: return once submitted
+    warnings: tuple = ()
 
     @property
     def world_size(self) -> int:
@@ -172,17 +193,26 @@ class Plan:
         for key in ("nnodes", "nproc_per_node", "start_method", "max_restarts", "monitor_interval", "rdzv_backend"):
             value = f"{self.min_nodes}:{self.max_nodes}" if key == "nnodes" else getattr(self, key)
             rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
+        if self.mode is Mode.ELASTIC:
+            rows.append(f"rendezvous: {self.rendezvous.value}  [{self.sources.get('rendezvous', 'default')}]")
         if self.target == "k8s":
             for key in ("image", "namespace", "context", "job_name"):
                 value = getattr(self.k8s, key)
                 if key == "namespace" and value is None:
                     value = "the kubeconfig context's"
                 rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
+        for key in RUN_KEYS:
+            if key in self.sources:
+                rows.append(f"{key}: {getattr(self, key)}  [{self.sources[key]}]")
         return "\n".join(rows)
 
 
 def _config_fields(cfg) -> dict:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _same_kind(e: Exception):
+    return InvalidType if isinstance(e, TypeError) else InvalidValue
 
 
 def resolve(
@@ -194,24 +224,28 @@ def resolve(
 ) -> Plan:
     """Resolve ``config`` (default ``Elastic()``) and ``layers`` (lowest precedence first) into a Plan.
 
-    This is the one function that decides the execution mode:
+    This is the one function that decides the execution mode and every fact that follows from it:
 
     - local, world size 1 -> ``DIRECT``; local, one node, several processes -> ``ELASTIC``;
-    - local, several nodes -> ``ValueError`` (say ``--target k8s``), unless the torch elastic
-      environment of a PyTorchJob pod (``PET_NNODES``) is present, then ``ELASTIC`` with its rendezvous;
+    - local, several nodes -> an error (say ``--target k8s``), unless the torch elastic environment
+      of a PyTorchJob pod (``PET_NNODES``) is present, then ``ELASTIC`` with the operator's rendezvous;
     - k8s, one node -> ``POD``; k8s, several nodes or a ``PyTorch`` config -> ``PYTORCHJOB``.
 
-    Every bad value raises a one-line ``ValueError``/``TypeError`` naming it, before anything starts.
+    Every bad value raises a one-line :class:`~ptjupyter.errors.InvalidValue`/``InvalidType`` naming
+    it, before anything starts. Options that do not apply to the mode (``timeout``/``fresh`` on
+    Kubernetes, ``detach`` locally) are dropped with a one-line note in ``plan.warnings``.
     """
     env = os.environ if env is None else env
     if config is None:
         config = Elastic()
     if not isinstance(config, (Elastic, PyTorch)):
-        raise TypeError(f"config={config!r} is not accepted; expected a ptjupyter.Elastic or ptjupyter.PyTorch")
+        raise InvalidType(f"config={config!r} is not accepted; expected a ptjupyter.Elastic or ptjupyter.PyTorch")
     base_source = "Elastic default" if config == Elastic() else f"{type(config).__name__} config"
     sources: dict[str, str] = {k: base_source for k in ELASTIC_KEYS}
+    explicit = set(given_fields(config))  # keys someone set, even to the default value
     elastic_values = _config_fields(config) if isinstance(config, Elastic) else {}
     other: dict[str, Any] = {"target": target or "local", "rdzv_backend": "c10d"}
+    run: dict[str, Any] = {}
     sources["target"] = "argument" if target else "default"
     sources["rdzv_backend"] = "default"
     config_level = -1
@@ -219,49 +253,52 @@ def resolve(
         if isinstance(layer.values, (Elastic, PyTorch)):
             config, config_level = layer.values, level
             elastic_values = _config_fields(config) if isinstance(config, Elastic) else {}
+            explicit = (explicit - set(ELASTIC_KEYS)) | set(given_fields(config))
             for k in ELASTIC_KEYS:
                 sources[k] = layer.source
             continue
         if not isinstance(layer.values, Mapping):
-            raise TypeError(f"overrides from {layer.source}={layer.values!r} are not accepted; expected a mapping")
+            raise InvalidType(f"overrides from {layer.source}={layer.values!r} are not accepted; expected a mapping")
         for key, value in layer.values.items():
             if value is None:
                 continue
             if key not in OVERRIDE_KEYS:
-                raise TypeError(
+                raise InvalidType(
                     f"{key}={value!r} (from {layer.source}) is not an accepted override; accepted: {', '.join(OVERRIDE_KEYS)}"
                 )
             if key in ELASTIC_KEYS and isinstance(config, PyTorch):
                 if level > config_level >= 0 or config_level < 0:
-                    raise ValueError(
+                    raise InvalidValue(
                         f"{key}={value!r} (from {layer.source}) applies to Elastic configs only; the config is a "
                         "PyTorch (Master/Worker) config: set worker.replicas there instead"
                     )
                 continue
-            (elastic_values if key in ELASTIC_KEYS else other)[key] = value
+            (elastic_values if key in ELASTIC_KEYS else run if key in RUN_KEYS else other)[key] = value
             sources[key] = layer.source
+            explicit.add(key)
 
     target = other.pop("target")
     if target not in TARGETS:
-        raise ValueError(f"target={target!r} (from {sources['target']}) is not accepted; expected one of {', '.join(TARGETS)}")
+        raise InvalidValue(f"target={target!r} (from {sources['target']}) is not accepted; expected one of {', '.join(TARGETS)}")
     rdzv_backend = other.pop("rdzv_backend")
     if rdzv_backend not in RDZV_BACKENDS:
-        raise ValueError(
+        raise InvalidValue(
             f"rdzv_backend={rdzv_backend!r} (from {sources['rdzv_backend']}) is not accepted; expected one of "
             f"{', '.join(RDZV_BACKENDS)}"
         )
+    _check_run_options(run, sources)
     try:
         k8s = K8sOptions(**other)
     except (TypeError, ValueError) as e:
         key = str(e).split("=", 1)[0].split("[", 1)[0]
-        raise type(e)(f"{e} (from {sources.get(key, 'default')})") from None
+        raise _same_kind(e)(f"{e} (from {sources.get(key, 'default')})") from None
 
     if isinstance(config, Elastic):
         try:
             config = dataclasses.replace(config, **{k: elastic_values[k] for k in ELASTIC_KEYS})
         except (TypeError, ValueError) as e:
             key = str(e).split("=", 1)[0].rsplit(".", 1)[-1]
-            raise type(e)(f"{e} (from {sources.get(key, 'default')})") from None
+            raise _same_kind(e)(f"{e} (from {sources.get(key, 'default')})") from None
         min_nodes, max_nodes = parse_nnodes(config.nnodes)
         nproc, start_method = config.nproc_per_node, config.start_method
         max_restarts, monitor_interval = config.max_restarts, float(config.monitor_interval)
@@ -271,8 +308,8 @@ def resolve(
         nproc, start_method, max_restarts, monitor_interval, rdzv_configs = 1, "spawn", 0, 1.0, {}
 
     rdzv_endpoint = "127.0.0.1:0"  # port 0: the agent's TCPStore takes a free port, no race
+    rendezvous = Rendezvous.LOOPBACK
     run_id = None
-    in_pod = "PET_NNODES" in env
     if target == "k8s":
         if isinstance(config, PyTorch) or max_nodes > 1:
             mode = Mode.PYTORCHJOB
@@ -280,7 +317,7 @@ def resolve(
             mode = Mode.POD
     elif isinstance(config, PyTorch):
         mode = Mode.DIRECT
-    elif in_pod:
+    elif "PET_NNODES" in env:
         # inside a PyTorchJob pod (e.g. a Flyte task): the operator's torch elastic environment rules
         min_nodes, max_nodes = parse_nnodes(env["PET_NNODES"], "PET_NNODES")
         rdzv_endpoint = env.get("PET_RDZV_ENDPOINT", rdzv_endpoint)
@@ -288,10 +325,11 @@ def resolve(
         # every pod must name the same rendezvous: the operator's id if set, else the Flyte execution, else
         # torchrun's own default ("none")
         run_id = env.get("PET_RDZV_ID") or env.get("FLYTE_INTERNAL_EXECUTION_ID") or "none"
-        sources["nnodes"] = sources["rdzv_endpoint"] = "PET_* environment"
+        rendezvous = Rendezvous.POD_ENV
+        sources["nnodes"] = sources["rendezvous"] = "PET_* environment"
         mode = Mode.ELASTIC if max_nodes * nproc > 1 else Mode.DIRECT
     elif max_nodes > 1:
-        raise ValueError(
+        raise InvalidValue(
             f"nnodes={config.nnodes!r} (from {sources['nnodes']}) asks for {max_nodes} nodes; a local run has one node. "
             "Use target='k8s' (--target k8s) for several nodes, or nnodes=1 with nproc_per_node for several processes"
         )
@@ -301,21 +339,31 @@ def resolve(
         mode = Mode.ELASTIC
 
     if mode is Mode.ELASTIC and start_method == "fork" and target == "local" and _cuda_initialized():
-        raise ValueError(
+        raise InvalidValue(
             "start_method='fork' is not accepted: CUDA is already initialised in this process and forked workers "
             "cannot use it; use start_method='spawn' (the default) or 'forkserver', or restart the kernel"
         )
 
-    if target == "local" and monitor_interval == ELASTIC_DEFAULT_MONITOR_INTERVAL:
+    if target == "local" and "monitor_interval" not in explicit:
         # the plugin's 5 s default only delays noticing the end of a run by up to 5 s: poll fast locally
         monitor_interval = LOCAL_MONITOR_INTERVAL
         sources["monitor_interval"] += f" {ELASTIC_DEFAULT_MONITOR_INTERVAL} s -> local {LOCAL_MONITOR_INTERVAL} s"
+
+    notes = []
+    dropped = _LOCAL_ONLY if target == "k8s" else _K8S_ONLY
+    for key in dropped:
+        if run.get(key) not in (None, False):
+            where = "a Kubernetes job" if target == "k8s" else "a local run"
+            notes.append(f"{key}={run[key]!r} (from {sources[key]}) does not apply to {where}; ignored")
+            run.pop(key)
+            sources.pop(key)
 
     plan = Plan(
         mode=mode, target=target, config=config, min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc,
         start_method=start_method, max_restarts=max_restarts, monitor_interval=monitor_interval,
         rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_configs=rdzv_configs, k8s=k8s,
-        sources=dict(sources), run_id=run_id,
+        sources=dict(sources), run_id=run_id, rendezvous=rendezvous, timeout=run.get("timeout"),
+        fresh=bool(run.get("fresh", False)), detach=bool(run.get("detach", False)), warnings=tuple(notes),
     )
     if logger.isEnabledFor(logging.DEBUG):
         nn = getattr(config, "nnodes", f"1+{min_nodes - 1}")
@@ -327,9 +375,21 @@ def resolve(
             sources.get("start_method"), max_restarts, sources.get("max_restarts"), monitor_interval,
             sources.get("monitor_interval"),
         )
+        for note in notes:
+            logger.debug("%s ignored: %s", PREFIX, note)
         if mode is Mode.DIRECT:
             logger.debug("%s *** SINGLE-NODE DETECTED - BYPASSING ELASTIC LAUNCH ***", PREFIX)
     return plan
+
+
+def _check_run_options(run: dict, sources: Mapping[str, str]) -> None:
+    timeout = run.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise InvalidValue(f"timeout={timeout!r} (from {sources['timeout']}) is not accepted; expected a number of "
+                           "seconds > 0 or None")
+    for key in ("fresh", "detach"):
+        if key in run and not isinstance(run[key], bool):
+            raise InvalidType(f"{key}={run[key]!r} (from {sources[key]}) is not accepted; expected True or False")
 
 
 def _cuda_initialized() -> bool:

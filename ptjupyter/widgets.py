@@ -9,8 +9,9 @@ panel and is not applied. Works headless (nbval): set ``panel.nproc_per_node.val
 from __future__ import annotations
 
 import html
-from typing import Optional
+from typing import Callable, Optional
 
+from .errors import PtjupyterError
 from .plan import TARGETS, resolve
 
 __all__ = ["Panel", "panel", "FIELDS"]
@@ -20,12 +21,18 @@ FIELDS = ("nnodes", "nproc_per_node", "max_restarts", "target", "image", "namesp
 
 class Panel:
     """The widgets (``.nnodes``, ``.nproc_per_node``, ``.max_restarts``, ``.target``, ``.image``,
-    ``.namespace``), the message line (``.message``) and the box that holds them (``.box``)."""
+    ``.namespace``), the message line (``.message``) and the box that holds them (``.box``).
 
-    def __init__(self, magics):
+    ``layers(widget)``: the override layers a cell would resolve with ``widget`` as the panel's values
+    (``None``: the ones in force); ``apply(values)``: put valid values in force; ``overrides()``: those
+    in force. The magic passes its own; the panel knows nothing else of it.
+    """
+
+    def __init__(self, *, layers: Callable[[Optional[dict]], list], apply: Callable[[dict], None],
+                 overrides: Callable[[], dict]):
         import ipywidgets as W
 
-        self.magics = magics
+        self._layers, self._apply, self._overrides = layers, apply, overrides
         self.touched: dict = {}  # field -> value the user set (valid or not)
         self.error: Optional[str] = None
         self._syncing = False
@@ -52,7 +59,7 @@ class Panel:
     @property
     def overrides(self) -> dict:
         """The overrides the next cells use (the last valid set)."""
-        return dict(self.magics.widget_overrides)
+        return dict(self._overrides())
 
     @staticmethod
     def _convert(name, value):
@@ -69,27 +76,27 @@ class Panel:
         self.touched[name] = self._convert(name, value)
         candidate = {k: v for k, v in self.touched.items() if v is not None}
         try:
-            resolve(None, self.magics.resolve_layers(widget=candidate))
-        except (TypeError, ValueError) as e:
-            self.error = str(e).splitlines()[0]
+            resolve(None, self._layers(candidate))
+        except PtjupyterError as e:
+            self.error = e.headline
         else:
             self.error = None
-            self.magics.widget_overrides = candidate
+            self._apply(candidate)
         self._show()
 
     def reset(self):
         """Forget the panel's overrides; show the values %config and the defaults give."""
         self.touched.clear()
-        self.magics.widget_overrides = {}
+        self._apply({})
         self.error = None
         self._sync_from_plan()
         self._show()
 
     def _sync_from_plan(self):
         try:
-            plan = resolve(None, self.magics.resolve_layers())
-        except (TypeError, ValueError) as e:
-            self.error = str(e).splitlines()[0]
+            plan = resolve(None, self._layers(None))
+        except PtjupyterError as e:
+            self.error = e.headline
             return
         self._syncing = True
         try:
@@ -110,8 +117,8 @@ class Panel:
 
     def _next(self) -> str:
         try:
-            plan = resolve(None, self.magics.resolve_layers())
-        except (TypeError, ValueError):
+            plan = resolve(None, self._layers(None))
+        except PtjupyterError:
             return ""
         procs = f"{plan.world_size} process" + ("es" if plan.world_size > 1 else "")
         return f"; next cell: {plan.mode.value}, {procs}, target {plan.target}"
@@ -137,17 +144,12 @@ class Panel:
         return "<pytorch_elastic panel: " + self.text() + ">"
 
 
-def panel(magics=None) -> Panel:
-    """Build the panel for this shell's ``%%pytorch_elastic`` (loading the extension if needed)."""
-    if magics is None:
-        from IPython import get_ipython
+def panel() -> Panel:
+    """Show the panel for this shell's ``%%pytorch_elastic`` (loading the extension if needed)."""
+    from IPython import get_ipython
 
-        from .magics import load_ipython_extension
-
-        ip = get_ipython()
-        if ip is None:
-            raise RuntimeError("ptjupyter.widgets.panel() needs an IPython shell or kernel")
-        magics = load_ipython_extension(ip)
-    p = Panel(magics)
-    magics.panel = p
-    return p
+    ip = get_ipython()
+    if ip is None:
+        raise RuntimeError("ptjupyter.widgets.panel() needs an IPython shell or kernel")
+    ip.extension_manager.load_extension("ptjupyter")
+    return ip.run_line_magic("pytorch_elastic_widgets", "")

@@ -42,7 +42,7 @@ def flyte_upstream(fn):
 
 def ptjupyter_lib(fn):
     from ptjupyter import Elastic, resolve
-    from ptjupyter.local.launch import run
+    from ptjupyter.execute import execute as run
 
     return run(resolve(Elastic(nproc_per_node=NPROC)), fn)
 

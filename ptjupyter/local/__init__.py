@@ -1,17 +1,9 @@
-"""Local execution of a plan: a direct call, or torch's elastic launch on this machine.
+"""Local execution of a plan: a direct call (``direct``) or torch's elastic launch on this machine (``launch``).
 
-``run`` lives in :mod:`ptjupyter.local.launch`; importing this package imports no torch.
+Both are reached through :func:`ptjupyter.execute.execute`; importing this package imports no torch.
 """
-from ..errors import RunTimeout, WorkerFailed
 
-__all__ = ["run", "prewarm", "WorkerFailed", "RunTimeout"]
-
-
-def run(plan, fn, args=(), kwargs=None, *, sink=None, timeout=None, fresh=False):
-    """See :func:`ptjupyter.local.launch.run`."""
-    from .launch import run as _run
-
-    return _run(plan, fn, args, kwargs, sink=sink, timeout=timeout, fresh=fresh)
+__all__ = ["prewarm"]
 
 
 def prewarm(import_here: bool = False):

@@ -1,15 +1,14 @@
-"""Run a training function on this machine as a :class:`~ptjupyter.plan.Plan` says.
+"""Run a training function on this machine with torch's elastic launch, as a :class:`~ptjupyter.plan.Plan` says.
 
-``run(plan, fn, ...)``: ``Mode.DIRECT`` calls ``fn`` here (no pickling, no process, no port);
-``Mode.ELASTIC`` runs torch's ``elastic_launch`` in the calling thread with ``fn`` shipped to every
-rank by cloudpickle, relays the workers' output to a sink while they run, and returns rank 0's
-value. Failures become :class:`~ptjupyter.local.errors.WorkerFailed` (first failing rank, its exit
-code or signal, its own traceback); ``timeout`` and Ctrl-C stop every worker (SIGINT, SIGTERM,
-SIGKILL) before :class:`~ptjupyter.local.errors.RunTimeout` / ``KeyboardInterrupt`` is raised.
+``launch(plan, fn, ...)`` (``Mode.ELASTIC``) runs torch's ``elastic_launch`` in the calling thread
+with ``fn`` shipped to every rank by cloudpickle, relays the workers' output to a sink while they
+run, and returns rank 0's value. A failure is a :class:`~ptjupyter.errors.RankFailed` (first failing
+rank, its exit code or signal, its own traceback); ``plan.timeout`` and Ctrl-C stop every worker
+(SIGINT, SIGTERM, SIGKILL) before :class:`~ptjupyter.errors.RunTimeout` / ``KeyboardInterrupt``.
 
 Modules: ``guard`` (Ctrl-C and the timeout), ``reaper`` (stopping processes), ``relay`` (output),
-``worker`` (what each rank runs), ``warm`` (the forkserver), ``rdzv`` (rendezvous), ``ship`` (payload),
-``errors``.
+``failure`` (which rank failed first), ``worker`` (what each rank runs), ``warm`` (the forkserver),
+``rdzv`` (rendezvous), ``ship`` (payload), ``direct`` (world size 1).
 """
 from __future__ import annotations
 
@@ -24,104 +23,43 @@ import threading
 import uuid
 from typing import Any, Callable, Optional
 
+from ..errors import RunTimeout
+from ..plan import Mode, Rendezvous
 from . import reaper, warm, worker
-from ..errors import RunTimeout, WorkerFailed
-from .hints import hint_for
+from .environ import overridden
+from .failure import first_failure
 from .guard import Guard, Stop
 from .rdzv import register as register_rdzv
 from .relay import PrintSink, Relay
 from .ship import ship
 
-__all__ = ["run", "WorkerFailed", "RunTimeout", "PrintSink"]
+__all__ = ["launch", "PrintSink"]
 
 logger = logging.getLogger("ptjupyter")
 PREFIX = "[PYTORCH_ELASTIC]"
-# a rank that failed only because a peer went away (or was stopped) is not the root cause
-_PEER_LOSS = ("closed by peer", "reset by peer", "Broken pipe", "ECONNRESET", "Socket closed", "EOF",
-              "remote process exited", "DistNetworkError", "Connection refused")
-
 
 _ONE_RUN = threading.RLock()
 RUN_DIR_PREFIX = "ptjupyter-run-"  # + the launching pid: a later run removes those of dead processes
 
 
-def run(plan, fn: Callable, args=(), kwargs=None, *, sink=None, timeout: Optional[float] = None,
-        fresh: bool = False) -> Any:
-    """Run ``fn(*args, **kwargs)`` as ``plan`` says and return its (rank 0's) value.
+def launch(plan, fn: Callable, args=(), kwargs=None, *, sink=None) -> Any:
+    """Run ``fn(*args, **kwargs)`` on every rank of an ``ELASTIC`` plan and return rank 0's value.
 
     ``sink``: ``.line(rank, stream, text)`` and ``.state(rank, state, detail)``, called from a relay
-    thread (default :class:`PrintSink`). ``timeout``: seconds, then every rank is stopped and
-    :class:`RunTimeout` raised. ``fresh``: start workers with a plain spawn instead of the warm
-    forkserver.
+    thread (default :class:`PrintSink`). Called through :func:`ptjupyter.execute.execute`, which
+    checks the arguments.
     """
-    from ..plan import Mode
-
-    if not callable(fn):
-        raise TypeError(f"fn={fn!r} is not accepted; expected a callable")
-    if not isinstance(args, (tuple, list)):
-        raise TypeError(f"args={args!r} is not accepted; expected a tuple of positional arguments")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise TypeError(f"kwargs={kwargs!r} is not accepted; expected a dict of keyword arguments or None")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-        raise ValueError(f"timeout={timeout!r} is not accepted; expected a number of seconds > 0 or None")
-    if sink is not None and not (callable(getattr(sink, "line", None)) and callable(getattr(sink, "state", None))):
-        raise TypeError(f"sink={sink!r} is not accepted; expected an object with .line(rank, stream, text) and "
-                        ".state(rank, state, detail)")
-    kwargs = kwargs or {}
-    if plan.mode is Mode.DIRECT:
-        return _direct(fn, args, kwargs, sink, timeout)
-    if plan.mode is not Mode.ELASTIC:
-        raise ValueError(f"plan.mode={plan.mode.value!r} is not accepted by the local launcher; expected 'direct' "
-                         "or 'elastic' (Kubernetes plans run through ptjupyter.k8s.run)")
-    if plan.max_nodes > 1 and not _in_pod(plan):
-        raise ValueError(f"nnodes={plan.min_nodes}:{plan.max_nodes} is not accepted locally; a local run has one "
-                         "node: use target='k8s' for several nodes")
+    assert plan.mode is Mode.ELASTIC, plan.mode  # execute() dispatches on the mode
     with _ONE_RUN:  # runs in one process take turns: each owns SIGINT and sweeps its workers
-        return _Launch(plan, fn, args, kwargs, sink or PrintSink(), timeout, fresh).run()
-
-
-def _in_pod(plan) -> bool:
-    # inside a PyTorchJob pod the plan takes nodes and rendezvous from the operator's PET_* environment
-    return plan.sources.get("nnodes") == "PET_* environment"
-
-
-# -- direct call ----------------------------------------------------------------------------------
-def _direct(fn, args, kwargs, sink, timeout):
-    if sink is not None:
-        sink.state(0, "running", f"pid {os.getpid()} (direct call)")
-    guard = Guard(timeout) if timeout is not None else None
-    try:
-        if guard is not None:
-            guard.arm()
-        result = fn(*args, **kwargs)
-    except Stop as e:
-        stop = e.reason
-    except BaseException as e:
-        if sink is not None:
-            sink.state(0, "failed", type(e).__name__)
-        raise
-    else:
-        stop = None
-    finally:
-        if guard is not None:
-            guard.disarm()
-    if stop is not None:
-        if sink is not None:
-            sink.state(0, "failed", stop)
-        if stop == "timeout":
-            raise RunTimeout(timeout, "the direct call was interrupted")
-        raise KeyboardInterrupt
-    if sink is not None:
-        sink.state(0, "exited 0")
-    return result
+        return _Launch(plan, fn, tuple(args), dict(kwargs or {}), sink or PrintSink()).run()
 
 
 # -- elastic launch -------------------------------------------------------------------------------
 class _Launch:
-    def __init__(self, plan, fn, args, kwargs, sink, timeout, fresh):
-        self.plan, self.fn, self.args, self.kwargs = plan, fn, args, kwargs
-        self.sink, self.timeout, self.fresh = sink, timeout, fresh
-        self.local = not _in_pod(plan)
+    def __init__(self, plan, fn, args, kwargs, sink):
+        self.plan, self.fn, self.args, self.kwargs, self.sink = plan, fn, args, kwargs, sink
+        self.timeout, self.fresh = plan.timeout, plan.fresh
+        self.local = plan.rendezvous is Rendezvous.LOOPBACK
         self.relay: Optional[Relay] = None
         self.guard: Optional[Guard] = None
         self.run_dir = ""
@@ -166,54 +104,52 @@ class _Launch:
                          "monitor_interval=%s rdzv=%s run_dir=%s", PREFIX, self.plan.nproc_per_node, method,
                          self.plan.start_method, ", fresh" if self.fresh else "", self.plan.max_restarts,
                          self.plan.monitor_interval, config.rdzv_backend, self.run_dir)
-        outcome: tuple = ("ok", None)
-        result = None
-        saved_env = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")
         try:
-            guard.arm()
-            self.relay.start()
-            with _quiet_torch(), _no_main_reimport():
-                result = elastic_launch(config, worker.entry)(payload, self.run_dir, env, os.getpid(), parents)
-        except Stop as e:
-            outcome = ("stop", e.reason)
-        except ChildFailedError as e:
-            outcome = ("failed", {r: (f.exitcode, f.message) for r, f in e.failures.items()})
-        except SignalException as e:
-            outcome = ("signal", e.sigval)
-        except BaseException as e:  # rendezvous errors and the like: keep the exception, not its frames
-            _drop_frames(e)
-            outcome = ("error", e)
-        finally:
-            guard.defer()
-            if saved_env is None:
-                os.environ.pop("TORCHELASTIC_SIGNALS_TO_HANDLE", None)
-            else:
-                os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = saved_env
             try:
-                self._cleanup()
+                guard.arm()
+                self.relay.start()
+                # torch's launcher sets TORCHELASTIC_SIGNALS_TO_HANDLE for the run and leaves it set
+                with overridden(TORCHELASTIC_SIGNALS_TO_HANDLE=None), _quiet_torch(), _no_main_reimport():
+                    result = elastic_launch(config, worker.entry)(payload, self.run_dir, env, os.getpid(), parents)
             finally:
-                guard.disarm()
-        kind, value = outcome
-        if guard.late and kind == "ok" and guard.reason != "timeout":  # Ctrl-C just as the run ended
-            raise KeyboardInterrupt
-        if kind == "stop" or (kind != "ok" and guard.reason is not None):  # a result that made it wins
-            if (guard.reason or value) == "timeout":
-                raise RunTimeout(self.timeout, self._summary())
-            raise KeyboardInterrupt
-        if kind == "failed":
-            raise self._failure(value)
-        if kind == "signal":
-            os.kill(os.getpid(), value)  # the process was told to stop: do what it would have done
-            raise RuntimeError(f"the local run was stopped by {value.name}")
-        if kind == "error":
+                guard.defer()
+                try:
+                    self._cleanup()
+                finally:
+                    guard.disarm()
+        # each outcome is raised outside its except block: the torch exception's frames (and with them
+        # the rendezvous store and its port) must not stay reachable through __context__
+        except Stop as e:
+            error = self._stopped(guard.reason or e.reason)
+        except ChildFailedError as e:
+            failures = {r: (f.exitcode, f.message) for r, f in e.failures.items()}
+            error = self._stopped(guard.reason) if guard.reason is not None else self._failure(failures)
+        except SignalException as e:
+            error = self._stopped(guard.reason) if guard.reason is not None else _Signalled(e.sigval)
+        except BaseException as e:  # rendezvous errors and the like: keep the exception, not its frames
+            error = self._stopped(guard.reason) if guard.reason is not None else e
+            _drop_frames(e)
+        else:
+            error = None
+        if isinstance(error, _Signalled):
+            os.kill(os.getpid(), error.sigval)  # the process was told to stop: do what it would have done
+            raise RuntimeError(f"the local run was stopped by {error.sigval.name}")
+        if error is not None:
             import gc
 
             gc.collect()  # frees the rendezvous store (and its port) held in reference cycles
-            raise value
+            raise error
+        if guard.late and guard.reason != "timeout":  # Ctrl-C just as the run ended
+            raise KeyboardInterrupt
         value0 = (result or {}).get(0)
         import cloudpickle
 
         return cloudpickle.loads(value0) if isinstance(value0, bytes) else value0
+
+    def _stopped(self, reason: Optional[str]) -> BaseException:
+        if reason == "timeout":
+            return RunTimeout(self.timeout, self._summary())
+        return KeyboardInterrupt()
 
     # -- pieces -----------------------------------------------------------------------------------
     def launch_config(self, method: str):
@@ -221,9 +157,8 @@ class _Launch:
         from torch.distributed.launcher.api import LaunchConfig
 
         plan = self.plan
-        saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # LaunchConfig asks cuda.is_available(): keep fork safe
-        try:
+        # LaunchConfig asks cuda.is_available(): the NVML check keeps later forks safe
+        with overridden(PYTORCH_NVML_BASED_CUDA_CHECK="1"):
             return LaunchConfig(
                 min_nodes=plan.min_nodes, max_nodes=plan.max_nodes, nproc_per_node=plan.nproc_per_node,
                 run_id=plan.run_id or uuid.uuid4().hex,
@@ -235,11 +170,6 @@ class _Launch:
                 signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",  # SIGINT is ours during the run
                 shutdown_timeout=int(max(1, reaper.TERM_WAIT)),
             )
-        finally:
-            if saved is None:
-                os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-            else:
-                os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
     def worker_env(self) -> dict:
         env = dict(os.environ)
@@ -288,49 +218,20 @@ class _Launch:
         running = sorted({w.rank for w in self.relay.workers.values()}) if self.relay else []
         return f"ranks {', '.join(map(str, running))} were running" if running else "no rank had started"
 
-    def _failure(self, torch_codes: dict) -> WorkerFailed:
+    def _failure(self, torch_failures: dict):
         workers = list(self.relay.workers.values())
-        last = max((w.attempt for w in workers), default=0)
-        current = [w for w in workers if w.attempt == last]
-        for w in current:
+        for w in workers:
             if w.exitcode is None and w.proc is not None:
                 try:
-                    w.proc.join(0)
-                except Exception:
+                    w.proc.join(0)  # reaps the exit code of a worker that is already gone
+                except Exception:  # noqa: BLE001 - a process torch's agent already waited on
                     pass
+        return first_failure(workers, torch_failures, self.plan.max_restarts)
 
-        def bad(w) -> bool:
-            return (w.exitcode not in (0, None)) or bool(w.fault) or bool(w.record and w.record.get("kind") != "ok")
 
-        def when(w) -> float:
-            if w.record and w.record.get("kind") != "ok":
-                return w.record.get("time", float("inf"))
-            return min(w.extra.get("fault_time", float("inf")), w.died_at or float("inf"))
-
-        def consequential(w) -> bool:
-            text = (w.record or {}).get("traceback", "")
-            if any(p in text for p in _PEER_LOSS):
-                return True
-            stopped = w.exitcode in (-signal.SIGTERM, -signal.SIGINT) and not w.record and not w.fault
-            return stopped
-
-        failed = [w for w in current if bad(w)]
-        primary = [w for w in failed if not consequential(w)] or failed
-        if primary:
-            first = min(primary, key=when)
-            code = first.exitcode
-            if code is None and first.record and first.record.get("kind") != "ok":
-                code = first.record.get("code", 1)
-            if code is None and first.fault_signal():
-                code = -int(getattr(signal, first.fault_signal()))
-            text = (first.record or {}).get("traceback") or _fault_text(first.fault)
-            rank = first.rank
-        else:  # nothing of ours says why (it died before the worker helper ran): torch's report
-            rank, (code, message) = min(torch_codes.items()) if torch_codes else (0, (None, ""))
-            text = message if isinstance(message, str) and message not in ("", "<N/A>") else ""
-        others = {w.rank: w.detail() for w in current if w.rank != rank and bad(w)}
-        return WorkerFailed(rank, code, text, attempt=last, max_restarts=self.plan.max_restarts, others=others,
-                            hint=hint_for(text))
+class _Signalled:
+    def __init__(self, sigval):
+        self.sigval = sigval
 
 
 @contextlib.contextmanager
@@ -383,10 +284,6 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return True  # someone else's process
     return True
-
-
-def _fault_text(fault: str) -> str:
-    return fault.strip() + "\n" if fault.strip() else ""
 
 
 def _drop_frames(e: BaseException) -> None:

@@ -1,17 +1,19 @@
 """What travels to the workers: ``fn``, its arguments and the source lines of shipped code."""
 from __future__ import annotations
 
+from ..errors import InvalidType
+
 __all__ = ["ship"]
 
 
 def ship(fn, args, kwargs) -> bytes:
-    """cloudpickle bytes of ``(fn, args, kwargs, sources)``; one-line TypeError when it cannot be pickled."""
+    """cloudpickle bytes of ``(fn, args, kwargs, sources)``; one-line InvalidType when it cannot be pickled."""
     import cloudpickle
 
     try:
         return cloudpickle.dumps((fn, tuple(args), kwargs, _sources(fn)))
-    except Exception as e:
-        raise TypeError(f"fn={getattr(fn, '__qualname__', fn)!r} (with its arguments) cannot be shipped to the "
+    except Exception as e:  # noqa: BLE001 - whatever pickling raises, the user sees one line
+        raise InvalidType(f"fn={getattr(fn, '__qualname__', fn)!r} (with its arguments) cannot be shipped to the "
                         f"workers: {type(e).__name__}: {e}") from None
 
 

@@ -116,7 +116,7 @@ def test_sigterm_to_the_kernel_stops_workers_then_the_kernel(tmp_path):
 UNGUARDED = """
 import os
 from ptjupyter import Layer, resolve
-from ptjupyter.local.launch import run
+from tests.run_helpers import run
 print("top level ran in", os.getpid(), flush=True)   # must run once: workers do not re-run __main__
 
 def rank_times(k):

@@ -12,7 +12,7 @@ import pytest
 from ptjupyter import Layer, resolve
 from ptjupyter.local import warm
 from ptjupyter.errors import RunTimeout, WorkerFailed
-from ptjupyter.local.launch import run
+from tests.run_helpers import run
 from tests.conftest import leftover_processes, listening_sockets
 from tests.local import workloads as w
 from tests.local.conftest import plan_for
@@ -56,7 +56,6 @@ def test_direct_call_timeout():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(timeout=-1), "timeout=-1 is not accepted"),
     (dict(sink=object()), "sink=.* is not accepted"),
     (dict(fn=3), "fn=3 is not accepted"),
     (dict(args=5), "args=5 is not accepted"),
@@ -70,10 +69,11 @@ def test_bad_input_one_line(plan2, bad, match):
     assert psutil.Process().children(recursive=True) == before
 
 
-def test_kubernetes_plan_refused():
-    plan = resolve(layers=[Layer("test", {"nproc_per_node": 2})], target="k8s")
-    with pytest.raises(ValueError, match="ptjupyter.k8s.run"):
-        run(plan, w.allreduce_rank)
+def test_bad_timeout_is_refused_by_resolve_before_anything_starts():
+    before = psutil.Process().children(recursive=True)
+    with pytest.raises(ValueError, match=r"^timeout=-1 \(from test\) is not accepted; expected a number of seconds > 0"):
+        resolve(layers=[Layer("test", {"nproc_per_node": 2, "timeout": -1})])
+    assert psutil.Process().children(recursive=True) == before
 
 
 def test_two_ranks_warm_reuses_forkserver(plan2, no_leftovers):

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from ptjupyter.errors import WorkerFailed
-from ptjupyter.local.launch import run
+from tests.run_helpers import run
 from tests.local import workloads as w
 
 N = 100_000

@@ -10,7 +10,8 @@ from IPython.core.error import UsageError
 
 from magic_helpers import children
 from ptjupyter import Elastic
-from ptjupyter.magics import CellSyntaxError, PytorchElastic
+from ptjupyter.cell import CellSyntaxError
+from ptjupyter.magics import PytorchElastic
 
 
 def dry(ip, line, cell="1"):
@@ -75,9 +76,8 @@ def test_precedence_all_five_layers(ip, magics):
     plan = dry(ip, "")
     assert (plan.nproc_per_node, plan.sources["nproc_per_node"]) == (3, "%config")
 
-    from ptjupyter.widgets import panel
 
-    p = panel(magics)
+    p = magics.pytorch_elastic_widgets()
     p.nproc_per_node.value = 4
     p.image.value = "repo/panel:1"
     plan = dry(ip, "")
@@ -130,7 +130,7 @@ def test_debug_shows_decision_lines_with_sources(ip, capsys):
     ("--max-restarts -1", "max_restarts=-1"),
     ("--start-method thread", "invalid choice: 'thread'"),
     ("--target moon", "invalid choice: 'moon'"),
-    ("--timeout 0", "--timeout 0"),
+    ("--timeout 0", "timeout=0.0 (from cell flags) is not accepted"),
     ("--out 1x", "--out '1x'"),
     ("--config nope", "no variable 'nope'"),
     ("--config W", "W is a list"),

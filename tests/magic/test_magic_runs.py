@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from magic_helpers import needs_launcher
-from ptjupyter.magics import RankFailed
+from ptjupyter.errors import RankFailed
 
 pytestmark = [needs_launcher, pytest.mark.timeout(180)]
 
@@ -48,7 +48,7 @@ def test_failing_rank_shows_its_own_traceback(ip, capsys):
 
 
 def test_timeout_stops_a_rank_stuck_at_a_barrier(ip):
-    from ptjupyter.magics import CellTimeout
+    from ptjupyter.errors import RunTimeout as CellTimeout
 
     cell = ("import os, time, torch.distributed as dist\ndist.init_process_group('gloo')\n"
             "if os.environ['RANK'] == '0':\n    time.sleep(60)\ndist.barrier()")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from magic_helpers import children
-from ptjupyter.widgets import Panel, panel
+from ptjupyter.widgets import Panel, panel  # noqa: F401 - panel() is tested below
 
 
 def dry(ip, line=""):
@@ -15,7 +15,7 @@ def test_line_magic_builds_the_panel_with_current_values(ip, magics):
     p = ip.run_line_magic("pytorch_elastic_widgets", "")
     assert isinstance(p, Panel) and magics.panel is p
     assert (p.nnodes.value, p.nproc_per_node.value, p.max_restarts.value, p.target.value) == ("1", 3, 0, "local")
-    assert p.namespace.value == "default" and p.image.value == ""
+    assert p.namespace.value == "" and p.image.value == ""  # empty: the kubeconfig context's namespace
     assert magics.widget_overrides == {}  # showing values is not overriding them
     bundle = p._repr_mimebundle_()
     assert bundle["text/plain"].startswith("pytorch_elastic panel:")
@@ -24,7 +24,7 @@ def test_line_magic_builds_the_panel_with_current_values(ip, magics):
 
 def test_changed_values_override_config_but_not_flags(ip, magics, capsys):
     ip.run_line_magic("config", "PytorchElastic.nproc_per_node = 3")
-    p = panel(magics)
+    p = magics.pytorch_elastic_widgets()
     p.nproc_per_node.value = 2
     p.max_restarts.value = 1
     assert magics.widget_overrides == {"nproc_per_node": 2, "max_restarts": 1}
@@ -39,7 +39,7 @@ def test_changed_values_override_config_but_not_flags(ip, magics, capsys):
 
 
 def test_bad_value_shows_one_line_in_the_panel_and_is_not_applied(ip, magics):
-    p = panel(magics)
+    p = magics.pytorch_elastic_widgets()
     p.nproc_per_node.value = 2
     before = children()
     p.nproc_per_node.value = 0  # no traceback: the error is shown in the panel

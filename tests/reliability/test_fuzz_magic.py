@@ -78,10 +78,9 @@ def test_fuzzed_widget_values_apply_or_show_one_line_in_the_panel(shell):
 
     from ptjupyter import resolve
     from ptjupyter.magics import load_ipython_extension
-    from ptjupyter.widgets import panel
 
     magics = load_ipython_extension(shell)
-    p = panel(magics)
+    p = magics.pytorch_elastic_widgets()
     ints = st.integers(-3, 2**31)
     texts = st.one_of(st.sampled_from(["1", "2", "1:4", "4:2", "0", "", " ", "a:b", "repo/img:1", "Bad NS", "ns-1",
                                        "bad image", "k8s"]), st.text(max_size=8))

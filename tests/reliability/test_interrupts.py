@@ -24,7 +24,7 @@ SHORT, SOAK = 2, 50
 LIB_SCRIPT = textwrap.dedent("""
     import os, sys, psutil
     from ptjupyter import Elastic, resolve
-    from ptjupyter.local.launch import run
+    from tests.run_helpers import run
 
     def work(piddir):
         import os, time

@@ -31,7 +31,7 @@ def hold_the_group(seconds):
 def test_a_local_run_listens_on_loopback_only():
     import psutil
 
-    from ptjupyter.local.launch import run
+    from tests.run_helpers import run
 
     seen, stop = set(), threading.Event()
 

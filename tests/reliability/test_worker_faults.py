@@ -110,7 +110,7 @@ EXPECT = {
 
 def run_fault(kind, fault_ranks, moment):
     from ptjupyter.errors import WorkerFailed
-    from ptjupyter.local.launch import run
+    from tests.run_helpers import run
 
     sink, stop = Sink(), threading.Event()
     before = listening_sockets()
@@ -136,7 +136,7 @@ def run_fault(kind, fault_ranks, moment):
 
 
 def healthy_run():
-    from ptjupyter.local.launch import run
+    from tests.run_helpers import run
 
     assert run(resolve(Elastic(nproc_per_node=2)), faulty, ("none", (), "training", 1, "/nonexistent")) == 0
 
@@ -164,7 +164,7 @@ def test_next_run_after_faults_is_normal():
 
 def test_hung_barrier_ends_at_the_timeout_with_every_rank_stopped():
     from ptjupyter.errors import RunTimeout
-    from ptjupyter.local.launch import run
+    from tests.run_helpers import run
 
     before = listening_sockets()
     t0 = time.monotonic()
@@ -205,7 +205,7 @@ def fail_first_attempts(n_faults):
 @pytest.mark.parametrize("restarts", [1, 2])
 def test_max_restarts_recovers_from_n_faults_and_fails_on_n_plus_1(restarts):
     from ptjupyter.errors import WorkerFailed
-    from ptjupyter.local.launch import run
+    from tests.run_helpers import run
 
     plan = resolve(Elastic(nproc_per_node=2, max_restarts=restarts))
     assert run(plan, fail_first_attempts, (restarts,), sink=Sink()) == restarts

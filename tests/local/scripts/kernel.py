@@ -3,6 +3,7 @@
 ``python kernel.py MODE TMPDIR``; prints ``READY`` when the workers run and one JSON line at the end.
 The functions run on the workers are defined here, in ``__main__``, as notebook functions are.
 """
+import dataclasses
 import json
 import os
 import signal
@@ -11,7 +12,9 @@ import threading
 import time
 
 from ptjupyter import Layer, resolve
-from ptjupyter.local import launch, warm
+from ptjupyter.execute import execute
+from ptjupyter.local import warm
+from ptjupyter.local.relay import PrintSink
 
 PLAN = resolve(layers=[Layer("test", {"nproc_per_node": 2})])
 
@@ -41,7 +44,7 @@ def sleeper(tmp):
     time.sleep(600)
 
 
-class ReadySink(launch.PrintSink):
+class ReadySink(PrintSink):
     def __init__(self, n):
         self.n, self.seen = n, 0
 
@@ -65,7 +68,7 @@ def steps(n):
     return 1
 
 
-class Quiet(launch.PrintSink):
+class Quiet(PrintSink):
     def line(self, rank, stream, text):
         pass
 
@@ -78,14 +81,14 @@ def interrupts(n, seed):
 
     rng = random.Random(seed)
     plan = resolve(layers=[Layer("test", {"nproc_per_node": 2, "max_restarts": 1})])
-    launch.run(plan, steps, (1,), sink=Quiet())
+    execute(plan, steps, (1,), sink=Quiet())
     stats = {"interrupted": 0, "completed": 0, "bad": []}
     for i in range(n):
         delay = rng.uniform(0, 1.0)
         timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
         timer.start()
         try:
-            launch.run(plan, steps, (50,), sink=Quiet())
+            execute(plan, steps, (50,), sink=Quiet())
             stats["completed"] += 1
             timer.cancel()
         except KeyboardInterrupt:
@@ -105,7 +108,7 @@ def interrupts(n, seed):
             stats["bad"].append(f"{i}: left {left}")
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             stats["bad"].append(f"{i}: SIGINT handler not restored")
-    stats["next"] = launch.run(plan, steps, (1,), sink=Quiet())
+    stats["next"] = execute(plan, steps, (1,), sink=Quiet())
     return stats
 
 
@@ -128,28 +131,28 @@ def main():
     if mode == "allreduce":
         stop, seen = threading.Event(), set()
         threading.Thread(target=listeners, args=(stop, seen), daemon=True).start()
-        out["warm"] = launch.run(PLAN, allreduce, (100,))
+        out["warm"] = execute(PLAN, allreduce, (100,))
         out["server"] = warm.server_pid()
-        out["warm2"] = launch.run(PLAN, allreduce, (200,))
+        out["warm2"] = execute(PLAN, allreduce, (200,))
         out["server2"] = warm.server_pid()
-        out["fresh"] = launch.run(PLAN, allreduce, (300,), fresh=True)
-        out["closure"] = launch.run(PLAN, lambda: (lambda y: y * 2)(int(os.environ["RANK"]) + 21))
+        out["fresh"] = execute(dataclasses.replace(PLAN, fresh=True), allreduce, (300,))
+        out["closure"] = execute(PLAN, lambda: (lambda y: y * 2)(int(os.environ["RANK"]) + 21))
         stop.set()
         out["listen_ips"] = sorted(seen)
     elif mode == "interrupt":
         restartable = resolve(layers=[Layer("test", {"nproc_per_node": 2, "max_restarts": 3})])
         try:  # max_restarts=3: the agent must not start new workers after the interrupt
-            launch.run(restartable, sleeper, (tmp,), sink=ReadySink(2))
+            execute(restartable, sleeper, (tmp,), sink=ReadySink(2))
             out["error"] = "returned"
         except KeyboardInterrupt:
             out["interrupted"] = True
         out["sigint_restored"] = signal.getsignal(signal.SIGINT) is signal.default_int_handler
         out["sigterm_restored"] = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-        out["next"] = launch.run(PLAN, allreduce, (7,))
+        out["next"] = execute(PLAN, allreduce, (7,))
     elif mode == "interrupts":
         out = interrupts(int(sys.argv[3]), int(sys.argv[4]))
     elif mode == "hold":
-        launch.run(PLAN, sleeper, (tmp,), sink=ReadySink(2))
+        execute(PLAN, sleeper, (tmp,), sink=ReadySink(2))
     print(json.dumps(out), flush=True)
 
 

@@ -30,7 +30,7 @@ PTJ = '''
 import json, sys, time
 t0 = time.perf_counter()
 from ptjupyter import Layer, resolve
-from ptjupyter.local.launch import run
+from ptjupyter.execute import execute as run
 ''' + HELLO.replace("import torch, torch.distributed as dist", "") .replace(
     "def hello():", "def hello():\n    import torch.distributed as dist") + '''
 if __name__ == "__main__":
