@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import re
 import shutil
 import statistics
@@ -264,7 +263,7 @@ def measure(workload: str, launchers: list[str], reps: int) -> dict:
         print(f"  {workload:5s} {name:30s} {rows[name]['median']:.2f} s", file=sys.stderr, flush=True)
     if any(n in launchers for n in KERNEL_LAUNCHERS):
         first, nxt = kernel_runs(workload, reps)
-        for name, samples in zip(KERNEL_LAUNCHERS, (first, nxt)):
+        for name, samples in zip(KERNEL_LAUNCHERS, (first, nxt), strict=True):
             if name in launchers:
                 rows[name] = summarize(samples)
                 print(f"  {workload:5s} {name:30s} {rows[name]['median']:.2f} s", file=sys.stderr, flush=True)

@@ -49,7 +49,6 @@ class CellSink:
         self._out = stdout
         self._err = stderr
         self.states: dict[int, tuple[str, str, float]] = {r: ("starting", "", 0.0) for r in range(nproc)}
-        self.counts = {"stdout": 0, "stderr": 0}
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
         self._dirty = False
@@ -62,7 +61,6 @@ class CellSink:
     def line(self, rank: int, stream: str, text: str) -> None:
         if self.rank0_only and rank != 0:
             return
-        self.counts[stream] = self.counts.get(stream, 0) + 1
         f = (self._err or sys.stderr) if stream == "stderr" else (self._out or sys.stdout)
         f.write(f"[{self.name(rank)}] {text.rstrip(chr(10))}\n")
 

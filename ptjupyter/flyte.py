@@ -39,8 +39,6 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from flyteidl.plugins.kubeflow import common_pb2 as kubeflow_common
 from flyteidl.plugins.kubeflow import pytorch_pb2 as pytorch_task
-from google.protobuf.json_format import MessageToDict
-
 from flytekit import PythonFunctionTask, Resources
 from flytekit.configuration import SerializationSettings
 from flytekit.core.base_task import TaskResolverMixin
@@ -50,6 +48,7 @@ from flytekit.core.pod_template import PodTemplate
 from flytekit.core.promise import Promise, VoidPromise
 from flytekit.core.resources import convert_resources_to_resource_model
 from flytekit.extend import TaskPlugins
+from google.protobuf.json_format import MessageToDict
 
 from . import __version__
 from .config import CleanPodPolicy, Elastic, Master, PyTorch, RestartPolicy, RunPolicy, Worker

@@ -98,6 +98,55 @@ def test_local_runs_poll_fast_unless_the_user_chose_an_interval():
     assert resolve(Elastic(nnodes=2), target="k8s").monitor_interval == 5
 
 
+@pytest.mark.parametrize("how", ["config object", "%config layer", "--config object layer", "cell flags"])
+def test_an_explicit_monitor_interval_equal_to_the_plugin_default_is_kept_locally(how):
+    """Bug: resolve() compared the value with the 5 s default instead of asking whether it was set."""
+    if how == "config object":
+        plan = resolve(Elastic(nproc_per_node=2, monitor_interval=5))
+    elif how == "--config object layer":
+        plan = resolve(None, [Layer("--config cfg", Elastic(nproc_per_node=2, monitor_interval=5))])
+    else:
+        plan = resolve(None, [Layer(how, {"nproc_per_node": 2, "monitor_interval": 5})])
+    assert plan.monitor_interval == 5
+    # a config object that does not set it still polls fast, whatever a lower layer said
+    plan = resolve(None, [Layer("%config", {"monitor_interval": 5}), Layer("--config cfg", Elastic(nproc_per_node=2))])
+    assert plan.monitor_interval == 0.1
+
+
+def test_run_options_are_plan_facts_and_the_ones_that_do_not_apply_are_noted():
+    plan = resolve(None, [Layer("cell flags", {"nproc_per_node": 2, "timeout": 3, "fresh": True, "detach": True})])
+    assert (plan.timeout, plan.fresh, plan.detach) == (3, True, False)
+    assert plan.warnings == ("detach=True (from cell flags) does not apply to a local run; ignored",)
+    plan = resolve(None, [Layer("%config", {"timeout": 30.0}), Layer("cell flags", {"fresh": True, "detach": True})],
+                   target="k8s")
+    assert (plan.timeout, plan.fresh, plan.detach) == (None, False, True)
+    assert plan.warnings == ("timeout=30.0 (from %config) does not apply to a Kubernetes job; ignored",
+                             "fresh=True (from cell flags) does not apply to a Kubernetes job; ignored")
+    assert resolve().warnings == ()
+    with pytest.raises(TypeError, match=r"^fresh='yes' \(from x\) is not accepted; expected True or False$"):
+        resolve(None, [Layer("x", {"fresh": "yes"})])
+
+
+def test_the_rendezvous_is_a_plan_fact():
+    from ptjupyter.plan import Rendezvous
+
+    assert resolve(Elastic(nproc_per_node=2)).rendezvous is Rendezvous.LOOPBACK
+    pod = resolve(Elastic(nnodes=2, nproc_per_node=2), env={"PET_NNODES": "2", "PET_RDZV_ENDPOINT": "master:23456"})
+    assert (pod.mode, pod.rendezvous, pod.rdzv_endpoint, pod.run_id) == (Mode.ELASTIC, Rendezvous.POD_ENV,
+                                                                         "master:23456", "none")
+
+
+def test_bad_input_is_one_error_family_and_still_a_builtin_error():
+    from ptjupyter.errors import InvalidType, InvalidValue, PtjupyterError
+
+    with pytest.raises(InvalidValue) as e:
+        resolve(target="moon")
+    assert isinstance(e.value, ValueError) and isinstance(e.value, PtjupyterError)
+    assert e.value.render() == ["ValueError: target='moon' (from argument) is not accepted; expected one of local, k8s"]
+    with pytest.raises(InvalidType):
+        resolve(None, [Layer("x", {"bogus": 1})])
+
+
 def test_decision_is_logged_with_the_seed_prefix_and_bypass_only_when_bypassed(caplog):
     with caplog.at_level(logging.DEBUG, logger="ptjupyter"):
         resolve(Elastic(nnodes="1:1"))

@@ -126,7 +126,7 @@ class _Launch:
             error = self._stopped(guard.reason) if guard.reason is not None else self._failure(failures)
         except SignalException as e:
             error = self._stopped(guard.reason) if guard.reason is not None else _Signalled(e.sigval)
-        except BaseException as e:  # rendezvous errors and the like: keep the exception, not its frames
+        except BaseException as e:  # noqa: BLE001 - rendezvous errors and the like: keep the exception, not its frames
             error = self._stopped(guard.reason) if guard.reason is not None else e
             _drop_frames(e)
         else:
@@ -303,7 +303,7 @@ def _loopback_interface() -> Optional[str]:
         for name, addrs in psutil.net_if_addrs().items():
             if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addrs):
                 return name
-    except Exception:
+    except Exception:  # noqa: BLE001 - no psutil or no interface list: gloo picks its own
         pass
     return None
 

@@ -24,10 +24,9 @@ from typing import Optional
 
 from ..errors import cause
 
-__all__ = ["PrintSink", "Relay", "WorkerInfo", "STATES"]
+__all__ = ["PrintSink", "Relay", "WorkerInfo"]
 
 logger = logging.getLogger("ptjupyter")
-STATES = ("starting", "running", "exited 0", "failed")
 _NAME = re.compile(r"^r(\d+)\.a(\d+)\.(out|err|pid)$")
 _CHUNK = 1 << 20
 _MAX_LINE = 1 << 20
@@ -138,10 +137,6 @@ class Relay(threading.Thread):
         if self.is_alive():
             self.join(timeout)
 
-    def current_pids(self) -> list[int]:
-        """Pids of workers that have started and not yet been seen dying."""
-        return [w.pid for w in list(self.workers.values()) if w.died_at is None]
-
     # -- pieces -------------------------------------------------------------------------------
     def _scan(self) -> None:
         try:
@@ -209,7 +204,7 @@ class Relay(threading.Thread):
         for raw in lines:
             try:
                 line(rank, stream, _text(raw))
-            except Exception as e:  # a broken sink must not stop the relay (nor the run)
+            except Exception as e:  # noqa: BLE001 - a broken sink must not stop the relay (nor the run)
                 self._sink_failed(e)
         self.lines += len(lines)
         return True
@@ -218,7 +213,7 @@ class Relay(threading.Thread):
         if tail.pending:
             try:
                 self.sink.line(rank, stream, _text(tail.pending))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - as above
                 self._sink_failed(e)
             self.lines += 1
             tail.pending = b""
@@ -268,7 +263,7 @@ class Relay(threading.Thread):
     def _state(self, rank: int, state: str, detail: str = "") -> None:
         try:
             self.sink.state(rank, state, detail)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a broken sink must not stop the relay
             self._sink_failed(e)
 
     def _sink_failed(self, e: BaseException) -> None:

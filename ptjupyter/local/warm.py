@@ -35,13 +35,13 @@ def _start(import_here: bool = False) -> None:
             server.set_forkserver_preload(PRELOAD)
         server.ensure_running()
         _error = None
-    except BaseException as e:  # reported by wait_ready(); the run then falls back to spawn
+    except BaseException as e:  # noqa: BLE001 - reported by wait_ready(); the run then falls back to spawn
         _error = e
         return
     if import_here:
         try:
             import torch.distributed.launcher.api  # noqa: F401  (what a run imports first)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the first run imports it again and reports
             pass
 
 

@@ -50,7 +50,7 @@ def _die_with_parent(parents) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except Exception:  # not Linux: the process group and the launcher's sweep remain
+    except Exception:  # noqa: BLE001 - not Linux: the process group and the launcher's sweep remain
         return
     if parents and os.getppid() not in parents:  # the parent died before prctl took effect
         os._exit(1)
@@ -137,7 +137,7 @@ def entry(payload: bytes, run_dir: str, env: dict = None, kernel_pid: int = 0, p
     if "OMP_NUM_THREADS" in os.environ and "torch" in sys.modules:
         try:  # torch was imported (forkserver preload) before OMP_NUM_THREADS applied
             sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        except Exception:
+        except Exception:  # noqa: BLE001 - threads stay torch's default
             pass
 
     real_exit = os._exit
@@ -147,7 +147,7 @@ def entry(payload: bytes, run_dir: str, env: dict = None, kernel_pid: int = 0, p
         if code:
             try:
                 write_json(pre + ".rec", {"kind": "exit", "code": int(code), "time": time.time()})
-            except Exception:
+            except Exception:  # noqa: BLE001 - exiting anyway: the exit code still tells
                 pass
         real_exit(code)
 
@@ -206,7 +206,7 @@ def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a closed stream at exit has nothing to flush
             pass
 
 

@@ -3,7 +3,6 @@ import cloudpickle
 import pytest
 
 from ptjupyter import Layer, resolve
-
 from tests.local import workloads
 
 # ship the workloads by value, as a notebook function would be: workers need not import tests/

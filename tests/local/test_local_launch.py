@@ -10,12 +10,12 @@ import psutil
 import pytest
 
 from ptjupyter import Layer, resolve
-from ptjupyter.local import warm
 from ptjupyter.errors import RunTimeout, WorkerFailed
-from tests.run_helpers import run
+from ptjupyter.local import warm
 from tests.conftest import leftover_processes, listening_sockets
 from tests.local import workloads as w
 from tests.local.conftest import plan_for
+from tests.run_helpers import run
 
 
 def test_direct_call_is_a_plain_call():

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from ptjupyter.errors import WorkerFailed
-from tests.run_helpers import run
 from tests.local import workloads as w
+from tests.run_helpers import run
 
 N = 100_000
 

@@ -5,7 +5,6 @@ import re
 import time
 
 import pytest
-
 from magic_helpers import Kernel, needs_launcher, stream_text, worker_processes
 
 pytestmark = [needs_launcher, pytest.mark.timeout(240)]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 from IPython.core.error import UsageError
-
 from magic_helpers import children
+
 from ptjupyter import Elastic
 from ptjupyter.cell import CellSyntaxError
 from ptjupyter.magics import PytorchElastic
@@ -249,3 +249,15 @@ def test_fork_after_cuda_is_refused_in_one_line(ip, monkeypatch):
     msg = str(ei.value)
     assert "start_method='fork'" in msg and "spawn" in msg and "\n" not in msg and children() == before
     assert dry(ip, "--nproc-per-node 2").start_method == "spawn"  # the default is unaffected
+
+
+def test_options_that_do_not_apply_to_the_mode_are_one_warning_line(ip, capsys):
+    assert ip.run_cell_magic("pytorch_elastic", "--detach", "6 * 7") == 42
+    err = capsys.readouterr().err
+    assert err.strip() == "Warning: detach=True (from cell flags) does not apply to a local run; ignored"
+    ip.run_cell_magic("pytorch_elastic", "--dry-run --target k8s --image repo/x:1 --timeout 5 --fresh", "1")
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[:2] == [
+        "Warning: timeout=5.0 (from cell flags) does not apply to a Kubernetes job; ignored",
+        "Warning: fresh=True (from cell flags) does not apply to a Kubernetes job; ignored"]
+    assert "timeout: none" in captured.out

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from magic_helpers import needs_launcher
+
 from ptjupyter.errors import RankFailed
 
 pytestmark = [needs_launcher, pytest.mark.timeout(180)]

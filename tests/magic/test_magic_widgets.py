@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from magic_helpers import children
+
 from ptjupyter.widgets import Panel, panel  # noqa: F401 - panel() is tested below
 
 
