@@ -193,7 +193,7 @@ class Plan:
         for key in ("nnodes", "nproc_per_node", "start_method", "max_restarts", "monitor_interval", "rdzv_backend"):
             value = f"{self.min_nodes}:{self.max_nodes}" if key == "nnodes" else getattr(self, key)
             rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
-        if self.mode is Mode.ELASTIC:
+        if self.rendezvous is Rendezvous.POD_ENV:
             rows.append(f"rendezvous: {self.rendezvous.value}  [{self.sources.get('rendezvous', 'default')}]")
         if self.target == "k8s":
             for key in ("image", "namespace", "context", "job_name"):
