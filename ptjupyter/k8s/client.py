@@ -9,13 +9,13 @@ import time
 from typing import Any, Iterable, Optional, Tuple
 
 from .errors import K8sError, translate
+from .watch import RETRY_STATUSES, backoff
 
 __all__ = ["Kube", "connect", "RETRY_STATUSES", "PATHS"]
 
 log = logging.getLogger("ptjupyter")
-RETRY_STATUSES = (429, 500, 502, 503, 504)
 ATTEMPTS = 5  # per request: 1 + 4 retries, backoff 0.25, 0.5, 1, 2 s (about 4 s in all)
-BACKOFF = 0.25
+BACKOFF = 0.25  # base of watch.backoff for requests
 
 # resource -> (collection path template, kind, apiVersion)
 PATHS = {
@@ -79,11 +79,13 @@ def _load_configuration(context: Optional[str]):
 
 
 class Kube:
-    """One namespace of one cluster. ``api`` is the official ``kubernetes.client.ApiClient``."""
+    """One namespace of one cluster. ``api`` is the official ``kubernetes.client.ApiClient``;
+    ``default_namespace`` is the one used when none is given (the kubeconfig context's)."""
 
-    def __init__(self, api_client, namespace: str):
+    def __init__(self, api_client, namespace: str, default_namespace: str = "default"):
         self.api = api_client
         self.namespace = namespace
+        self.default_namespace = default_namespace
         self.host = getattr(api_client.configuration, "host", "?")
 
     # -- official API objects (for watches and log streams)
@@ -128,7 +130,7 @@ class Kube:
         last: Any = None
         for attempt in range(attempts):
             if attempt:
-                time.sleep(BACKOFF * 2 ** (attempt - 1))
+                time.sleep(backoff(attempt - 1, BACKOFF))
             try:
                 params = self.api.param_serialize(
                     method=method, resource_path=self.path(resource, name, sub), query_params=list(query),
@@ -185,11 +187,13 @@ def connect(namespace: Optional[str], context: Optional[str] = None, api_client=
     ``namespace=None``: the kubeconfig context's namespace (or the service account's), else ``default``,
     as kubectl does.
     """
-    from kubernetes import client, watch  # noqa: F401 - import everything before the clock of a submit starts
+    # the client's API modules load lazily and are big: load them now, not while the first log line is awaited
+    from kubernetes import client, watch  # noqa: F401
 
-    client.CoreV1Api, client.CustomObjectsApi, client.BatchV1Api  # lazily imported, big modules
+    client.CoreV1Api, client.CustomObjectsApi, client.BatchV1Api  # noqa: B018
     ctx_namespace = None
     if api_client is None:
         cfg, ctx_namespace = _load_configuration(context)
         api_client = client.ApiClient(cfg)
-    return Kube(api_client, namespace or ctx_namespace or "default")
+    default = ctx_namespace or "default"
+    return Kube(api_client, namespace or default, default)

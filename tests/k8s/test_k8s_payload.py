@@ -13,7 +13,7 @@ import pytest
 import k8s_cells
 from ptjupyter import Elastic
 from ptjupyter.k8s import dry_run, payload
-from ptjupyter.k8s.follow import MARK
+from ptjupyter.k8s.entrypoint import MARK
 
 
 def _materialise(p: payload.Payload, d) -> str:

@@ -306,11 +306,11 @@ def transient_5xx(fake, rng, case):
 def persistent_5xx(fake, rng, case, monkeypatch):
     """500/503 for good: a bounded number of tries, then one clear line (or a note, for a log stream)."""
     from ptjupyter.k8s import client as kclient
-    from ptjupyter.k8s import follow
+    from ptjupyter.k8s import watch as kwatch  # MAX_FAILURES: of each watch and log stream
     from ptjupyter.k8s.errors import K8sError
 
     monkeypatch.setattr(kclient, "BACKOFF", 0.02)  # keep the short form short; the bound is what counts
-    monkeypatch.setattr(follow, "MAX_FAILURES", 3)
+    monkeypatch.setattr(kwatch, "MAX_FAILURES", 3)
     status = rng.choice((500, 503))
     method, pattern, watch = case
     at = rng.randint(2, N_LINES - 10)
@@ -343,17 +343,17 @@ def persistent_5xx(fake, rng, case, monkeypatch):
         assert any("log stream of worker-0 keeps failing; stopped tailing it" in line for line in out), out
         assert any("result line was not in the pods' logs" in line for line in out), out
         assert f"[ptjupyter] {JOB}: Succeeded" in out, out
-        assert hits <= follow.MAX_FAILURES + 2, hits
+        assert hits <= kwatch.MAX_FAILURES + 2, hits
         shown = rec.texts()
         assert shown == [expected_line(i) for i in range(len(shown))]  # what was shown: once, in order
     else:
         assert isinstance(value, K8sError), value
         msg = one_line(value)
         assert f"watching {'jobs' if 'jobs' in pattern else 'pods'} of job {JOB} failed" in msg and str(status) in msg, msg
-        assert hits <= follow.MAX_FAILURES + 1 + 1, hits
+        assert hits <= kwatch.MAX_FAILURES + 1 + 1, hits
         assert_lines_exact(fake, rec, upto=0)  # lines shown before: once, in order
     assert time.monotonic() - t0 < 30
-    assert_bounded(fake, follow.MAX_FAILURES + 6)
+    assert_bounded(fake, kwatch.MAX_FAILURES + 6)
     COUNTS[f"{status} persistent"] += 1
 
 
@@ -511,10 +511,11 @@ SECURITY_FAULTS = ("401", "403", "unreachable", "500-transient", "500-persistent
 def test_no_secret_is_printed_raised_or_logged(fake, user, tmp_path, monkeypatch, caplog, capsys):
     from ptjupyter import set_debug
     from ptjupyter.k8s import client as kclient
-    from ptjupyter.k8s import follow, run
+    from ptjupyter.k8s import run
+    from ptjupyter.k8s import watch as kwatch
 
     monkeypatch.setattr(kclient, "BACKOFF", 0.02)
-    monkeypatch.setattr(follow, "MAX_FAILURES", 2)
+    monkeypatch.setattr(kwatch, "MAX_FAILURES", 2)
     caplog.set_level(logging.DEBUG)  # root
     caplog.set_level(logging.DEBUG, logger="ptjupyter")
     caplog.set_level(logging.DEBUG, logger="kubernetes")
