@@ -20,8 +20,18 @@ from .logs import LogTail
 from .manifest import CONTAINER, LABEL_JOB
 from .ref import JobRef
 from .result import ResultReader, decode
-from .status import (FINAL, LAST_LINES, WAIT_REASONS, container_status, failure_lines, job_state, pod_label,
-                     pod_state, started, status_text)
+from .status import (
+    FINAL,
+    LAST_LINES,
+    WAIT_REASONS,
+    container_status,
+    failure_lines,
+    job_state,
+    pod_label,
+    pod_state,
+    started,
+    status_text,
+)
 
 __all__ = ["Follower", "JobRef", "reattach_hint"]
 

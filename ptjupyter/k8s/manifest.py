@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 
 from ..config import Elastic, PyTorch, RestartPolicy
 from ..errors import InvalidValue
-from ..plan import Mode, Plan, _QUANTITY
+from ..plan import _QUANTITY, Mode, Plan
 
 __all__ = [
     "PAYLOAD_DIR", "CONTAINER", "LABEL_MANAGED", "LABEL_JOB", "ANNOTATION_NONCE", "new_job_name",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping, Optional
 
-from . import manifest as mf
-from . import payload as pl
 from ..errors import InvalidValue
 from ..plan import Mode, Plan
+from . import manifest as mf
+from . import payload as pl
 from .errors import K8sError
 from .ref import JobRef
 

@@ -458,7 +458,7 @@ class FakeK8s:
             async with self.cond:
                 try:
                     await asyncio.wait_for(self.cond.wait_for(
-                        lambda: len(self.history) > idx or self.watch_epoch != epoch), left)
+                        lambda idx=idx: len(self.history) > idx or self.watch_epoch != epoch), left)
                 except asyncio.TimeoutError:
                     break
         await resp.write_eof()
@@ -499,7 +499,7 @@ class FakeK8s:
             if not follow or (buf.done and idx >= len(buf.lines)) or getattr(self, "closing", False):
                 break
             async with buf.cond:
-                await buf.cond.wait_for(lambda: len(buf.lines) > idx or buf.done)
+                await buf.cond.wait_for(lambda idx=idx: len(buf.lines) > idx or buf.done)
         await resp.write_eof()
         return resp
 

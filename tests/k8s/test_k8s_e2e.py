@@ -5,9 +5,9 @@ import _thread
 import threading
 import time
 
+import k8s_cells
 import pytest
 
-import k8s_cells
 from ptjupyter import Elastic, PyTorch, Worker
 from ptjupyter.k8s import jobs, run
 from ptjupyter.k8s.errors import JobFailed
@@ -106,7 +106,7 @@ def test_interrupt_leaves_the_job_running_then_attach_and_cancel(fake, api, plan
 
     out3 = []
     jobs.main("", out=out3.append, api_client=api)
-    assert out3[0].split()[:3] == ["NAME", "KIND", "STATE"] and any("ptj-long" in l and "Succeeded" in l for l in out3)
+    assert out3[0].split()[:3] == ["NAME", "KIND", "STATE"] and any("ptj-long" in ln and "Succeeded" in ln for ln in out3)
 
 
 def test_cancel_deletes_job_pods_and_payload(fake, api, plan_for):

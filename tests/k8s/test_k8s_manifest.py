@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from validate import validate
+
 from ptjupyter import CleanPodPolicy, Elastic, Layer, Master, PyTorch, RestartPolicy, RunPolicy, Worker, resolve
 from ptjupyter.k8s import manifest as mf
 from ptjupyter.k8s.submit import prepare

@@ -37,6 +37,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "k8s"))
 
 import fake_k8s  # noqa: E402
+
 from ptjupyter import Elastic, Layer, resolve  # noqa: E402
 from tests.conftest import leftover_processes  # noqa: E402
 
@@ -141,7 +142,7 @@ def assert_lines_exact(fake, rec, upto=None):
     assert not partial, partial[:3]  # no partial (or merged) line
     written = fake.written()
     want = []
-    for pod, uid, lines in written:
+    for pod, _uid, lines in written:
         texts = [text for t, text in lines if not text.startswith(MARK)]
         if upto is None:
             want.extend(texts)
@@ -181,14 +182,14 @@ def one_line(exc):
 
 
 def gaps(times):
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
 def request_times(fake, method, pattern, watch=None):
     import re
 
     rx = re.compile(pattern)
-    return [t for (m, p, q), t in zip(list(fake.requests), list(fake.request_times))
+    return [t for (m, p, q), t in zip(list(fake.requests), list(fake.request_times), strict=False)
             if m == method and rx.search(p) and (watch is None or watch == ("watch" in q))]
 
 
@@ -416,7 +417,7 @@ def cases(reps, seed):
                 ("transient_5xx", rng.choice([c for c in TRANSIENT if c[2]])),
                 ("transient_5xx", TRANSIENT[-1])]
     persistent = [("POST", r"/configmaps$", None), ("GET", r"/jobs$", True), ("GET", r"/log$", None)]
-    for i in range(reps if reps > SHORT else 1):
+    for _ in range(reps if reps > SHORT else 1):
         out += [("persistent_5xx", p) for p in persistent]
     return [(kind, arg, rng.randrange(1 << 30)) for kind, arg in out]
 
