@@ -17,13 +17,13 @@ log = logging.getLogger("ptjupyter")
 ATTEMPTS = 5  # per request: 1 + 4 retries, backoff 0.25, 0.5, 1, 2 s (about 4 s in all)
 BACKOFF = 0.25  # base of watch.backoff for requests
 
-# resource -> (collection path template, kind, apiVersion)
+# resource -> collection path template
 PATHS = {
-    "pytorchjobs": ("/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs", "PyTorchJob", "kubeflow.org/v1"),
-    "jobs": ("/apis/batch/v1/namespaces/{ns}/jobs", "Job", "batch/v1"),
-    "configmaps": ("/api/v1/namespaces/{ns}/configmaps", "ConfigMap", "v1"),
-    "pods": ("/api/v1/namespaces/{ns}/pods", "Pod", "v1"),
-    "events": ("/api/v1/namespaces/{ns}/events", "Event", "v1"),
+    "pytorchjobs": "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs",
+    "jobs": "/apis/batch/v1/namespaces/{ns}/jobs",
+    "configmaps": "/api/v1/namespaces/{ns}/configmaps",
+    "pods": "/api/v1/namespaces/{ns}/pods",
+    "events": "/api/v1/namespaces/{ns}/events",
 }
 VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
 
@@ -108,7 +108,7 @@ class Kube:
         return client.BatchV1Api(self.api)
 
     def path(self, resource: str, name: Optional[str] = None, sub: Optional[str] = None) -> str:
-        p = PATHS[resource][0].format(ns=self.namespace)
+        p = PATHS[resource].format(ns=self.namespace)
         if name:
             p += f"/{name}"
         if sub:

@@ -8,8 +8,8 @@ from typing import Mapping, Optional, Sequence
 
 from .manifest import CONTAINER, LABEL_HAS_MASTER
 
-__all__ = ["job_state", "pod_label", "container_status", "started", "pod_state", "status_text", "traceback_lines",
-           "FINAL", "WAIT_REASONS"]
+__all__ = ["job_state", "pod_label", "container_status", "started", "pod_state", "status_text", "failure_lines",
+           "traceback_lines", "FINAL", "LAST_LINES", "WAIT_REASONS"]
 
 FINAL = ("Succeeded", "Failed")
 LAST_LINES = 20  # log lines of the failing pod shown in JobFailed when it has no traceback
