@@ -41,12 +41,13 @@ def run(plan, fn: Callable[[], Any], *, sink=None, detach: bool = False, api_cli
     from .submit import prepare, submit
 
     prepared = prepare(plan, fn, shipped)  # every option and the payload size, before connecting
-    with _as_k8s_error("connecting to the Kubernetes API failed (nothing was submitted)"):
+    with _as_k8s_error("the Kubernetes configuration cannot be used (nothing was submitted)"):
         kube = connect(plan.k8s.namespace, plan.k8s.context, api_client)
-    if kube.namespace != plan.k8s.namespace:  # the kubeconfig context's namespace, as kubectl would use it
-        plan = dataclasses.replace(plan, k8s=dataclasses.replace(plan.k8s, namespace=kube.namespace))
-        for manifest in prepared[:2]:
-            manifest["metadata"]["namespace"] = kube.namespace
+        if kube.namespace != plan.k8s.namespace:  # the kubeconfig context's namespace, as kubectl would use it
+            # checked like an option: a kubeconfig may name a namespace the API server would refuse
+            plan = dataclasses.replace(plan, k8s=dataclasses.replace(plan.k8s, namespace=kube.namespace))
+            for manifest in prepared[:2]:
+                manifest["metadata"]["namespace"] = kube.namespace
     name = prepared[0]["metadata"]["name"]
     with _as_k8s_error(f"submitting job {kube.namespace}/{name} failed (%pytorch_elastic_jobs shows whether it exists)"):
         ref = submit(kube, plan, fn, shipped, out=out, prepared=prepared)

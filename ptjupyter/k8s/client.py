@@ -155,7 +155,7 @@ class Kube:
             log.debug("[PYTORCH_ELASTIC] %s %s: %s (attempt %d/%d)", method, resource, status or type(last).__name__,
                       attempt + 1, attempts)
         if getattr(last, "status", None) is None:
-            raise K8sError(f"cannot reach the Kubernetes API server at {self.host}: {_short(last)} "
+            raise K8sError(f"cannot reach the Kubernetes API server at {self.host}: {short_reason(last)} "
                            f"(after {attempts} attempts); check the kubeconfig context, VPN or proxy") from None
         err = translate(last, verb, resource, self.namespace, name)
         if last.status in RETRY_STATUSES:
@@ -169,7 +169,8 @@ def _is_connection_error(e: BaseException) -> bool:
     return isinstance(e, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
 
 
-def _short(e: BaseException) -> str:
+def short_reason(e: BaseException) -> str:
+    """A connection error in a few words (``connection refused``, ``timed out``), never its headers."""
     reason = getattr(e, "reason", None) or e
     text = str(reason)
     if "Connection refused" in text:

@@ -63,7 +63,7 @@ class ResumableWatch:
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
-        from .client import _short
+        from .client import short_reason
         from .errors import translate
 
         failures = gone = 0
@@ -123,7 +123,7 @@ class ResumableWatch:
             if failures > self.max_failures:
                 # one line: an ApiException's str() carries the response headers and body on further lines
                 why = (translate(err, "watch", self.what, self.namespace) if isinstance(err, ApiException)
-                       else _short(err))
+                       else short_reason(err))
                 self.on_error(K8sError(f"watching {self.what} of job {self.job} failed {failures} times in a row: "
                                        f"{why}", status=getattr(err, "status", None)))
                 return

@@ -231,3 +231,10 @@ def test_the_jobs_magic_defaults_to_the_kubeconfig_contexts_namespace(fake, tmp_
     out = []
     jobs.main("", out=out.append)
     assert out == ["no ptjupyter jobs in namespace 'team-a'"]
+
+
+def test_a_kubeconfig_namespace_the_server_would_refuse_is_a_k8s_error(fake, tmp_path, monkeypatch, plan_for):
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", fake.host, namespace="Team_A")))
+    msg = _submit(None, plan_for(Elastic()))
+    assert msg.startswith("the Kubernetes configuration cannot be used (nothing was submitted): ")
+    assert "namespace='Team_A' is not accepted" in msg and fake.requests == []
