@@ -5,6 +5,7 @@ import pytest
 from validate import validate
 
 from ptjupyter import CleanPodPolicy, Elastic, Layer, Master, PyTorch, RestartPolicy, RunPolicy, Worker, resolve
+from ptjupyter.errors import InvalidType, InvalidValue
 from ptjupyter.k8s import manifest as mf
 from ptjupyter.k8s.submit import prepare
 from ptjupyter.plan import Mode
@@ -269,7 +270,7 @@ def test_single_node_is_a_batch_job_not_a_pytorchjob(config, cmd0):
 ])
 def test_bad_values_are_rejected_before_anything_is_sent(config, options, needle):
     plan = resolve(config, [Layer("test", {"image": IMG, **options})], target="k8s")
-    with pytest.raises((ValueError, TypeError)) as e:
+    with pytest.raises((InvalidValue, InvalidType)) as e:
         prepare(plan, f)
     assert needle in str(e.value) and "\n" not in str(e.value)
 
@@ -299,6 +300,6 @@ def test_bad_options_fail_in_resolve_with_one_line(key, value, needle):
 ])
 def test_values_the_api_server_would_reject_fail_first(options, needle):
     plan = resolve(Elastic(nnodes=2), [Layer("test", {"image": IMG, **options})], target="k8s")
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(InvalidValue) as e:
         prepare(plan, f)
-    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert needle in str(e.value) and "\n" not in str(e.value) and e.value.render()[0] == f"ValueError: {e.value}"

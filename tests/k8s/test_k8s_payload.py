@@ -12,6 +12,7 @@ import k8s_cells
 import pytest
 
 from ptjupyter import Elastic
+from ptjupyter.errors import InvalidType, InvalidValue
 from ptjupyter.k8s import dry_run, payload
 from ptjupyter.k8s.entrypoint import MARK
 
@@ -42,7 +43,7 @@ def test_payload_over_one_mib_names_the_largest_captured_values():
     def cell():
         return len(blob) + len(small)
 
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(InvalidValue) as e:
         payload.build(cell, {"blob": blob, "small": small})
     msg = str(e.value)
     assert "\n" not in msg and "1.0 MiB" in msg and msg.index("blob (2.0 MiB)") < msg.index("small")
@@ -125,3 +126,14 @@ def test_dry_run_with_no_namespace_says_the_kubeconfig_context_decides(fake, pla
     text = dry_run(plan_for(Elastic(nnodes=2), job_name="ptj-dry", namespace="default"), k8s_cells.hello)
     assert [d for d in yaml.safe_load_all(text) if d][0]["metadata"]["namespace"] == "default"
     assert "none given" not in text and fake.requests == []
+
+
+def test_a_cell_that_cannot_be_pickled_is_an_invalid_type():
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(InvalidType) as e:
+        payload.build(lambda: lock)
+    assert str(e.value).startswith("the cell function cannot be pickled for the pods: TypeError")
+    with pytest.raises(InvalidType, match="fn=3 is not accepted"):
+        payload.build(3)
