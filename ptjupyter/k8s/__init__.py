@@ -5,51 +5,59 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+from .errors import JobFailed, K8sError
+from .ref import JobRef
 
 __all__ = ["run", "dry_run", "JobRef"]
 
-from .follow import JobRef  # noqa: E402  (light: no kubernetes import at module level)
+
+@contextlib.contextmanager
+def _as_k8s_error(what: str) -> Iterator[None]:
+    """Past the option checks, whatever goes wrong is a cluster-side problem: a ``K8sError`` saying ``what``."""
+    try:
+        yield
+    except (K8sError, JobFailed):
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. a ValueError of the client: not the user's options
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise K8sError(f"{what}: {type(e).__name__}: {first}" if first else f"{what}: {type(e).__name__}") from e
 
 
 def run(plan, fn: Callable[[], Any], *, sink=None, detach: bool = False, api_client=None,
         shipped: Optional[Mapping[str, Any]] = None, out: Callable[[str], Any] = print) -> Any:
     """Submit ``fn`` as ``plan`` says and follow it; return rank 0's value (``JobRef`` when ``detach``).
 
-    Raises ``ValueError``/``TypeError`` for bad options before anything is sent, ``K8sError`` for API
-    problems, ``JobFailed`` when the job fails, ``KeyboardInterrupt`` when interrupted (the job keeps
-    running; the hint to reattach or cancel is printed).
+    Raises ``InvalidValue``/``InvalidType`` for bad options before anything is sent, ``K8sError`` (or a
+    subclass: ``JobDeleted``, ``ResultUnreadable``) for API or cluster problems and anything that goes wrong
+    once the job was submitted, ``JobFailed`` when the job fails, ``KeyboardInterrupt`` when interrupted
+    (the job keeps running; the hint to reattach or cancel is printed).
     """
     from .client import connect
-    from .follow import Follower
+    from .follow import Follower, reattach_hint
     from .submit import prepare, submit
+
     prepared = prepare(plan, fn, shipped)  # every option and the payload size, before connecting
-    kube = connect(plan.k8s.namespace, plan.k8s.context, api_client)
-    if kube.namespace != plan.k8s.namespace:  # the kubeconfig context's namespace, as kubectl would use it
-        plan = dataclasses.replace(plan, k8s=dataclasses.replace(plan.k8s, namespace=kube.namespace))
-        for manifest in prepared[:2]:
-            manifest["metadata"]["namespace"] = kube.namespace
-    t0 = time.monotonic()
-    ref = submit(kube, plan, fn, shipped, out=out, prepared=prepared)
-    kind = "PyTorchJob" if ref.resource == "pytorchjobs" else "Job"
-    ns = "" if ref.namespace == "default" else f" -n {ref.namespace}"
-    out(f"[ptjupyter] submitted {kind} {ref.namespace}/{ref.name} ({plan.min_nodes}:{plan.max_nodes} nodes x "
+    with _as_k8s_error("the Kubernetes configuration cannot be used (nothing was submitted)"):
+        kube = connect(plan.k8s.namespace, plan.k8s.context, api_client)
+        if kube.namespace != plan.k8s.namespace:  # the kubeconfig context's namespace, as kubectl would use it
+            # checked like an option: a kubeconfig may name a namespace the API server would refuse
+            plan = dataclasses.replace(plan, k8s=dataclasses.replace(plan.k8s, namespace=kube.namespace))
+            for manifest in prepared[:2]:
+                manifest["metadata"]["namespace"] = kube.namespace
+    name = prepared[0]["metadata"]["name"]
+    with _as_k8s_error(f"submitting job {kube.namespace}/{name} failed (%pytorch_elastic_jobs shows whether it exists)"):
+        ref = submit(kube, plan, fn, shipped, out=out, prepared=prepared)
+    out(f"[ptjupyter] submitted {ref.kind} {ref.namespace}/{ref.name} ({plan.min_nodes}:{plan.max_nodes} nodes x "
         f"{plan.nproc_per_node} processes)")
     if detach:
-        out(f"[ptjupyter] detached. Follow: %pytorch_elastic_jobs attach {ref.name}{ns}   "
-            f"Cancel: %pytorch_elastic_jobs cancel {ref.name}{ns}")
+        out(f"[ptjupyter] detached. Follow: {reattach_hint(ref, kube.default_namespace)}")
         return ref
-    follower = Follower(kube, ref, sink=sink, out=out)
-    try:
-        return follower.run()
-    finally:
-        if follower.first_line_at is not None:
-            run.last_first_line_s = follower.first_line_at - t0  # submit -> first log line (measured in tests)
-
-
-run.last_first_line_s = None
+    with _as_k8s_error(f"job {ref.namespace}/{ref.name} was submitted, but following it failed"):
+        return Follower(kube, ref, sink=sink, out=out).run()
 
 
 def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = None) -> str:
@@ -61,10 +69,13 @@ def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = 
 
     job, cm, payload = prepare(plan, fn, shipped)
     cm_summary = {k: v for k, v in cm.items() if k not in ("data", "binaryData")}
-    lines = [f"# ptjupyter dry run ({plan.mode.value}): nothing was sent to the cluster", "---",
-             yaml.safe_dump(job, sort_keys=False).rstrip(), "---",
-             yaml.safe_dump(cm_summary, sort_keys=False).rstrip(),
-             "# data/binaryData (mounted at /etc/ptjupyter, owned by the job once it exists):"]
+    lines = [f"# ptjupyter dry run ({plan.mode.value}): nothing was sent to the cluster"]
+    if plan.k8s.namespace is None:
+        lines.append("# namespace: none given, so the kubeconfig context's (the service account's in a cluster, "
+                     "else default)")
+    lines += ["---", yaml.safe_dump(job, sort_keys=False).rstrip(), "---",
+              yaml.safe_dump(cm_summary, sort_keys=False).rstrip(),
+              "# data/binaryData (mounted at /etc/ptjupyter, owned by the job once it exists):"]
     for key in sorted(payload.files):
         size = payload.pickled if key == "payload.pkl" else len(payload.data[key].encode())
         lines.append(f"#   {key}: {human(size)}")

@@ -9,21 +9,21 @@ import time
 from typing import Any, Iterable, Optional, Tuple
 
 from .errors import K8sError, translate
+from .watch import RETRY_STATUSES, backoff
 
 __all__ = ["Kube", "connect", "RETRY_STATUSES", "PATHS"]
 
 log = logging.getLogger("ptjupyter")
-RETRY_STATUSES = (429, 500, 502, 503, 504)
 ATTEMPTS = 5  # per request: 1 + 4 retries, backoff 0.25, 0.5, 1, 2 s (about 4 s in all)
-BACKOFF = 0.25
+BACKOFF = 0.25  # base of watch.backoff for requests
 
-# resource -> (collection path template, kind, apiVersion)
+# resource -> collection path template
 PATHS = {
-    "pytorchjobs": ("/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs", "PyTorchJob", "kubeflow.org/v1"),
-    "jobs": ("/apis/batch/v1/namespaces/{ns}/jobs", "Job", "batch/v1"),
-    "configmaps": ("/api/v1/namespaces/{ns}/configmaps", "ConfigMap", "v1"),
-    "pods": ("/api/v1/namespaces/{ns}/pods", "Pod", "v1"),
-    "events": ("/api/v1/namespaces/{ns}/events", "Event", "v1"),
+    "pytorchjobs": "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs",
+    "jobs": "/apis/batch/v1/namespaces/{ns}/jobs",
+    "configmaps": "/api/v1/namespaces/{ns}/configmaps",
+    "pods": "/api/v1/namespaces/{ns}/pods",
+    "events": "/api/v1/namespaces/{ns}/events",
 }
 VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
 
@@ -79,11 +79,13 @@ def _load_configuration(context: Optional[str]):
 
 
 class Kube:
-    """One namespace of one cluster. ``api`` is the official ``kubernetes.client.ApiClient``."""
+    """One namespace of one cluster. ``api`` is the official ``kubernetes.client.ApiClient``;
+    ``default_namespace`` is the one used when none is given (the kubeconfig context's)."""
 
-    def __init__(self, api_client, namespace: str):
+    def __init__(self, api_client, namespace: str, default_namespace: str = "default"):
         self.api = api_client
         self.namespace = namespace
+        self.default_namespace = default_namespace
         self.host = getattr(api_client.configuration, "host", "?")
 
     # -- official API objects (for watches and log streams)
@@ -106,7 +108,7 @@ class Kube:
         return client.BatchV1Api(self.api)
 
     def path(self, resource: str, name: Optional[str] = None, sub: Optional[str] = None) -> str:
-        p = PATHS[resource][0].format(ns=self.namespace)
+        p = PATHS[resource].format(ns=self.namespace)
         if name:
             p += f"/{name}"
         if sub:
@@ -128,7 +130,7 @@ class Kube:
         last: Any = None
         for attempt in range(attempts):
             if attempt:
-                time.sleep(BACKOFF * 2 ** (attempt - 1))
+                time.sleep(backoff(attempt - 1, BACKOFF))
             try:
                 params = self.api.param_serialize(
                     method=method, resource_path=self.path(resource, name, sub), query_params=list(query),
@@ -153,7 +155,7 @@ class Kube:
             log.debug("[PYTORCH_ELASTIC] %s %s: %s (attempt %d/%d)", method, resource, status or type(last).__name__,
                       attempt + 1, attempts)
         if getattr(last, "status", None) is None:
-            raise K8sError(f"cannot reach the Kubernetes API server at {self.host}: {_short(last)} "
+            raise K8sError(f"cannot reach the Kubernetes API server at {self.host}: {short_reason(last)} "
                            f"(after {attempts} attempts); check the kubeconfig context, VPN or proxy") from None
         err = translate(last, verb, resource, self.namespace, name)
         if last.status in RETRY_STATUSES:
@@ -167,7 +169,8 @@ def _is_connection_error(e: BaseException) -> bool:
     return isinstance(e, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
 
 
-def _short(e: BaseException) -> str:
+def short_reason(e: BaseException) -> str:
+    """A connection error in a few words (``connection refused``, ``timed out``), never its headers."""
     reason = getattr(e, "reason", None) or e
     text = str(reason)
     if "Connection refused" in text:
@@ -185,11 +188,13 @@ def connect(namespace: Optional[str], context: Optional[str] = None, api_client=
     ``namespace=None``: the kubeconfig context's namespace (or the service account's), else ``default``,
     as kubectl does.
     """
-    from kubernetes import client, watch  # noqa: F401 - import everything before the clock of a submit starts
+    # the client's API modules load lazily and are big: load them now, not while the first log line is awaited
+    from kubernetes import client, watch  # noqa: F401
 
-    client.CoreV1Api, client.CustomObjectsApi, client.BatchV1Api  # lazily imported, big modules
+    client.CoreV1Api, client.CustomObjectsApi, client.BatchV1Api  # noqa: B018
     ctx_namespace = None
     if api_client is None:
         cfg, ctx_namespace = _load_configuration(context)
         api_client = client.ApiClient(cfg)
-    return Kube(api_client, namespace or ctx_namespace or "default")
+    default = ctx_namespace or "default"
+    return Kube(api_client, namespace or default, default)

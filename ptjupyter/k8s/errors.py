@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
-__all__ = ["K8sError", "JobFailed", "JobDeleted", "translate"]
+from ..errors import PtjupyterError
+
+__all__ = ["K8sError", "JobFailed", "JobDeleted", "ResultUnreadable", "translate"]
 
 
-class K8sError(RuntimeError):
-    """A Kubernetes API or configuration problem, said in one line."""
+class K8sError(PtjupyterError, RuntimeError):
+    """A Kubernetes API or configuration problem, said in one line; ``status`` is the HTTP status, if any."""
+
+    label = "K8sError"
 
     def __init__(self, message: str, status: Optional[int] = None):
         super().__init__(message)
@@ -19,10 +23,20 @@ class K8sError(RuntimeError):
 class JobDeleted(K8sError):
     """The job disappeared while it was followed (cancelled from elsewhere, or TTL)."""
 
+    label = "JobDeleted"
 
-class JobFailed(RuntimeError):
-    """The job ended Failed. ``str()``: a header line (job, condition reason/message, failing pod), then
-    that pod's last log lines."""
+
+class ResultUnreadable(K8sError):
+    """The job ran, but rank 0's return value could not be read back from its log."""
+
+    label = "ResultUnreadable"
+
+
+class JobFailed(PtjupyterError, RuntimeError):
+    """The job ended Failed. ``headline``: the job, its condition reason/message and the failing pod;
+    ``details``: that pod's last log lines."""
+
+    label = "JobFailed"
 
     def __init__(self, job: str, namespace: str, reason: str, message: str, pod: Optional[str] = None,
                  last_lines: Sequence[str] = ()):
@@ -31,10 +45,8 @@ class JobFailed(RuntimeError):
         head = f"job {namespace}/{job} failed ({reason or 'Failed'}): {message or 'no message'}"
         if pod:
             head += f"; failing pod {pod}"
-        body = ""
-        if self.last_lines:
-            body = f"\n--- log of {pod} ({len(self.last_lines)} lines) ---\n" + "\n".join(self.last_lines)
-        super().__init__(head + body)
+        details = [f"--- log of {pod} ({len(self.last_lines)} lines) ---", *self.last_lines] if self.last_lines else []
+        super().__init__(head, details)
 
 
 _KINDS = {

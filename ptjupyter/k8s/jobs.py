@@ -1,4 +1,4 @@
-"""``%pytorch_elastic_jobs``: list ptjupyter's jobs, reattach to one, cancel one.
+"""``%pytorch_elastic_jobs``: list ptjupyter's jobs, reattach to one, cancel one (the magic is in magic.py).
 
     %pytorch_elastic_jobs [list] [-n NAMESPACE] [--context CTX]
     %pytorch_elastic_jobs attach NAME [--tail N] [-n NAMESPACE] [--context CTX]
@@ -12,10 +12,11 @@ import shlex
 from typing import Any, Callable, Optional
 
 from .errors import K8sError
-from .follow import Follower, JobRef, job_state
 from .manifest import LABEL_MANAGED, configmap_name
+from .ref import JobRef
+from .status import job_state
 
-__all__ = ["main", "list_jobs", "find", "attach", "cancel", "USAGE"]
+__all__ = ["main", "list_jobs", "find", "attach", "cancel", "USAGE", "parse"]
 
 USAGE = __doc__.split("\n\n", 1)[1]
 RESOURCES = ("pytorchjobs", "jobs")
@@ -58,13 +59,15 @@ def find(kube, name: str) -> JobRef:
             if e.status == 404:
                 continue
             raise
-        return JobRef.from_object(obj, resource)
+        return JobRef.from_object(obj, resource, kube.namespace)
     raise K8sError(f"job {name!r} not found in namespace {kube.namespace!r}; list them with %pytorch_elastic_jobs",
                    status=404)
 
 
 def attach(kube, name: str, tail: Optional[int] = None, sink=None, out: Callable[[str], Any] = print) -> Any:
     """Follow an existing job (logs from the start, or the last ``tail`` lines of each pod)."""
+    from .follow import Follower
+
     ref = find(kube, name)
     return Follower(kube, ref, sink=sink, out=out, tail=tail).run()
 
@@ -82,9 +85,15 @@ def cancel(kube, name: str, out: Callable[[str], Any] = print) -> None:
     out(f"[ptjupyter] cancelled {ref.namespace}/{name}: job, pods and payload ConfigMap deleted")
 
 
+def _usage_line() -> str:
+    return " | ".join(line.strip() for line in USAGE.strip().splitlines())
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no SystemExit inside a kernel
-        raise ValueError(f"%pytorch_elastic_jobs: {message}; usage: {' | '.join(l.strip() for l in USAGE.strip().splitlines())}")
+        from ..usage import OptionError
+
+        raise OptionError(f"%pytorch_elastic_jobs: {message}; usage: {_usage_line()}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,22 +101,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs="?", default="list", choices=("list", "attach", "cancel"))
     p.add_argument("name", nargs="?")
     p.add_argument("--tail", type=int, default=None)
-    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-n", "--namespace", default=None)  # None: the kubeconfig context's, as for a cell
     p.add_argument("--context", default=None)
     return p
 
 
-def main(line: str, out: Callable[[str], Any] = print, api_client=None, sink=None) -> Any:
-    """Entry point of the line magic; returns the reattached job's rank-0 value for ``attach``."""
+def parse(line: str) -> argparse.Namespace:
+    """The subcommand and options of ``line``; ``ptjupyter.usage.OptionError`` (one line) when not accepted."""
     from ..plan import K8sOptions
+    from ..usage import OptionError
+
+    try:
+        words = shlex.split(line or "")
+    except ValueError as e:  # an unclosed quote
+        raise OptionError(f"%pytorch_elastic_jobs: {e}; usage: {_usage_line()}") from None
+    args = _parser().parse_args(words)
+    try:
+        K8sOptions(namespace=args.namespace)  # the same one-line check as everywhere else
+    except (TypeError, ValueError) as e:
+        raise OptionError(str(e).splitlines()[0]) from None
+    if args.command in ("attach", "cancel") and not args.name:
+        raise OptionError(f"%pytorch_elastic_jobs {args.command}: NAME is missing; list the jobs with "
+                          "%pytorch_elastic_jobs")
+    if args.tail is not None and args.tail < 0:
+        raise OptionError(f"--tail={args.tail!r} is not accepted; expected a number of lines >= 0")
+    return args
+
+
+def main(line: str, out: Callable[[str], Any] = print, api_client=None, sink=None) -> Any:
+    """Entry point of the line magic; returns the reattached job's rank-0 value for ``attach``.
+
+    ``OptionError`` for a bad line (before connecting), ``K8sError``/``JobFailed`` from the cluster.
+    """
     from .client import connect
 
-    args = _parser().parse_args(shlex.split(line or ""))
-    K8sOptions(namespace=args.namespace)  # the same one-line check as everywhere else
-    if args.command in ("attach", "cancel") and not args.name:
-        raise ValueError(f"%pytorch_elastic_jobs {args.command}: NAME is missing; list the jobs with %pytorch_elastic_jobs")
-    if args.tail is not None and args.tail < 0:
-        raise ValueError(f"--tail={args.tail!r} is not accepted; expected a number of lines >= 0")
+    args = parse(line)
     kube = connect(args.namespace, args.context, api_client)
     if args.command == "attach":
         return attach(kube, args.name, args.tail, sink=sink, out=out)
@@ -115,12 +143,10 @@ def main(line: str, out: Callable[[str], Any] = print, api_client=None, sink=Non
         return cancel(kube, args.name, out=out)
     rows = list_jobs(kube)
     if not rows:
-        out(f"no ptjupyter jobs in namespace {args.namespace!r}")
+        out(f"no ptjupyter jobs in namespace {kube.namespace!r}")
         return None
     w = max(len(r[0]) for r in rows)
     out(f"{'NAME':<{w}}  {'KIND':<10}  {'STATE':<10}  {'AGE':>5}  MESSAGE")
     for name, kind, state, created, message in rows:
         out(f"{name:<{w}}  {kind:<10}  {state:<10}  {_age(created):>5}  {message}")
     return None
-
-

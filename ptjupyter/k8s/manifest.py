@@ -15,7 +15,8 @@ import secrets
 from typing import Any, Mapping, Optional
 
 from ..config import Elastic, PyTorch, RestartPolicy
-from ..plan import Mode, Plan, _QUANTITY
+from ..errors import InvalidValue
+from ..plan import _QUANTITY, Mode, Plan
 
 __all__ = [
     "PAYLOAD_DIR", "CONTAINER", "LABEL_MANAGED", "LABEL_JOB", "ANNOTATION_NONCE", "new_job_name",
@@ -84,7 +85,7 @@ def _resources(owner: str, value: Any) -> dict:
             continue
         s = str(v)
         if not _QUANTITY.match(s):
-            raise ValueError(f"{owner}[{key!r}]={v!r} is not accepted; expected a Kubernetes quantity such as '500m', '2', '4Gi'")
+            raise InvalidValue(f"{owner}[{key!r}]={v!r} is not accepted; expected a Kubernetes quantity such as '500m', '2', '4Gi'")
         out[_RESOURCE_NAMES.get(key, key)] = s
     return out
 
@@ -144,7 +145,7 @@ def _pod_template(plan: Plan, name: str, image: str, resources: dict, files: Map
     return {"metadata": meta, "spec": spec}
 
 
-def _run_policy(plan: Plan) -> Optional[dict]:
+def _run_policy(plan: Plan) -> dict:
     rp = getattr(plan.config, "run_policy", None)
     if rp is None:
         return {"cleanPodPolicy": "None"}
@@ -163,13 +164,13 @@ def _restart(policy: Optional[RestartPolicy]) -> str:
 def image_for(plan: Plan, group: Any = None) -> str:
     image = (getattr(group, "image", None) if group is not None else None) or plan.k8s.image
     if not image:
-        raise ValueError(
+        raise InvalidValue(
             "image=None is not accepted for target='k8s'; expected an image reference like "
             "'pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime' (--image, K8sOptions.image or Worker(image=...)) "
             "with the notebook's Python minor version and torch"
         )
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$", image):
-        raise ValueError(f"image={image!r} is not accepted; expected an image reference like 'repo/name:tag'")
+        raise InvalidValue(f"image={image!r} is not accepted; expected an image reference like 'repo/name:tag'")
     return image
 
 
@@ -182,7 +183,7 @@ _TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
 def _check_key(what: str, key: str) -> None:
     prefix, _, name = key.rpartition("/")
     if (prefix and (len(prefix) > 253 or not _DNS1123_SUB.match(prefix))) or len(name) > 63 or not _LABEL_NAME.match(name):
-        raise ValueError(f"{what} key {key!r} is not accepted; expected [prefix/]name, name at most 63 characters of "
+        raise InvalidValue(f"{what} key {key!r} is not accepted; expected [prefix/]name, name at most 63 characters of "
                          "letters, digits, '-', '_', '.' (starting and ending with a letter or digit)")
 
 
@@ -191,29 +192,29 @@ def check_options(plan: Plan) -> None:
     line, before anything is sent."""
     k = plan.k8s
     if plan.mode is Mode.PYTORCHJOB and isinstance(plan.config, Elastic) and plan.rdzv_backend not in ("c10d", "etcd", "etcd-v2"):
-        raise ValueError(f"rdzv_backend={plan.rdzv_backend!r} is not accepted for an elastic PyTorchJob; expected c10d, "
+        raise InvalidValue(f"rdzv_backend={plan.rdzv_backend!r} is not accepted for an elastic PyTorchJob; expected c10d, "
                          "etcd or etcd-v2 (the training operator's elasticPolicy.rdzvBackend)")
     for what, mapping in (("labels", k.labels), ("node_selector", k.node_selector)):
         for key, value in mapping.items():
             _check_key(what, key)
             if len(value) > 63 or (value and not _LABEL_NAME.match(value)):
-                raise ValueError(f"{what}[{key!r}]={value!r} is not accepted; expected at most 63 characters of "
+                raise InvalidValue(f"{what}[{key!r}]={value!r} is not accepted; expected at most 63 characters of "
                                  "letters, digits, '-', '_', '.' (starting and ending with a letter or digit), or ''")
     for key in k.annotations:
         _check_key("annotations", key)
     for key in k.env:
         if not _ENV_NAME.match(key):
-            raise ValueError(f"env name {key!r} is not accepted; expected letters, digits, '_', '-', '.' "
+            raise InvalidValue(f"env name {key!r} is not accepted; expected letters, digits, '_', '-', '.' "
                              "(not starting with a digit)")
     for t in k.tolerations:
         bad = [x for x in t if x not in _TOLERATION_KEYS] if isinstance(t, Mapping) else ["(not a mapping)"]
         if bad or t.get("operator", "Equal") not in ("Equal", "Exists") or \
                 t.get("effect", "NoSchedule") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
-            raise ValueError(f"tolerations entry {dict(t) if isinstance(t, Mapping) else t!r} is not accepted; expected "
+            raise InvalidValue(f"tolerations entry {dict(t) if isinstance(t, Mapping) else t!r} is not accepted; expected "
                              "keys among key, operator (Equal|Exists), value, effect (NoSchedule|PreferNoSchedule|"
                              "NoExecute), tolerationSeconds")
     if k.service_account is not None and not _DNS1123_SUB.match(k.service_account):
-        raise ValueError(f"service_account={k.service_account!r} is not accepted; expected a DNS-1123 name")
+        raise InvalidValue(f"service_account={k.service_account!r} is not accepted; expected a DNS-1123 name")
 
 
 def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> dict:
@@ -222,7 +223,7 @@ def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> d
     ``files`` maps ConfigMap keys to their paths under :data:`PAYLOAD_DIR` (see ``payload.files``).
     """
     if plan.mode not in (Mode.POD, Mode.PYTORCHJOB):
-        raise ValueError(f"mode={plan.mode.value!r} is not accepted for a Kubernetes manifest; expected pod or pytorchjob")
+        raise InvalidValue(f"mode={plan.mode.value!r} is not accepted for a Kubernetes manifest; expected pod or pytorchjob")
     check_options(plan)
     annotations = {**plan.k8s.annotations, ANNOTATION_WORLD: str(plan.world_size)}
     if nonce:

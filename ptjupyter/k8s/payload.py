@@ -19,6 +19,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from ..errors import InvalidType, InvalidValue
+
 __all__ = ["FORMAT", "LIMIT", "Payload", "build", "human"]
 
 FORMAT = 1
@@ -55,15 +57,15 @@ def _sizes(shipped: Optional[Mapping[str, Any]], cloudpickle) -> dict:
 
 
 def build(fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = None, limit: int = LIMIT) -> Payload:
-    """Pickle ``fn`` and pack everything the pod needs; raise a one-line ``ValueError`` over ``limit``."""
+    """Pickle ``fn`` and pack everything the pod needs; raise a one-line ``InvalidValue`` over ``limit``."""
     import cloudpickle
 
     if not callable(fn):
-        raise TypeError(f"fn={fn!r} is not accepted; expected a zero-argument callable (the captured cell)")
+        raise InvalidType(f"fn={fn!r} is not accepted; expected a zero-argument callable (the captured cell)")
     try:
         pickled = cloudpickle.dumps(fn)
     except Exception as e:  # noqa: BLE001
-        raise TypeError(f"the cell function cannot be pickled for the pods: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise InvalidType(f"the cell function cannot be pickled for the pods: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     sizes = _sizes(shipped, cloudpickle)
     nonce = secrets.token_hex(8)
     meta = {
@@ -86,7 +88,7 @@ def build(fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = None, li
     if size > limit:
         top = sorted(((v, k) for k, v in sizes.items()), reverse=True)[:3]
         names = ", ".join(f"{k} ({human(v)})" for v, k in top if v >= 0) or "none captured (the function itself is large)"
-        raise ValueError(
+        raise InvalidValue(
             f"payload={human(size)} is not accepted; a ConfigMap holds at most {human(limit)}: the largest captured "
             f"values are {names}; load large data inside the cell (from a file/URL/volume) instead of capturing it"
         )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping, Optional
 
+from ..errors import InvalidValue
+from ..plan import Mode, Plan
 from . import manifest as mf
 from . import payload as pl
 from .errors import K8sError
-from .follow import JobRef
-from ..plan import Mode, Plan
+from .ref import JobRef
 
 __all__ = ["prepare", "submit", "resource_of"]
 
@@ -18,6 +19,7 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 def resource_of(plan: Plan) -> str:
+    """The API resource of ``plan``'s job: ``pytorchjobs`` (several nodes) or ``jobs`` (one)."""
     return "pytorchjobs" if plan.mode is Mode.PYTORCHJOB else "jobs"
 
 
@@ -25,7 +27,7 @@ def prepare(plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, An
             name: Optional[str] = None) -> tuple:
     """(job manifest, ConfigMap manifest, Payload): everything is checked here, before anything is sent."""
     if plan.mode not in (Mode.POD, Mode.PYTORCHJOB):
-        raise ValueError(f"mode={plan.mode.value!r} is not accepted by ptjupyter.k8s; expected a plan resolved with "
+        raise InvalidValue(f"mode={plan.mode.value!r} is not accepted by ptjupyter.k8s; expected a plan resolved with "
                          "target='k8s' (mode pod or pytorchjob)")
     name = name or plan.k8s.job_name or mf.new_job_name()
     mf.image_for(plan)  # fail on a missing image before pickling anything

@@ -1,6 +1,6 @@
 """A small Kubernetes API server on 127.0.0.1 (aiohttp) plus a fake training operator, for tests.
 
-Why not kmock 0.8 (see ../shared/k8s/README.md): it has no resourceVersion semantics / 410 Gone,
+Why not kmock 0.8: it has no resourceVersion semantics / 410 Gone,
 no fieldSelector, no labelSelector on most lists, no log parameters (sinceSeconds, tailLines,
 timestamps) and no way to cut a stream mid-line; each would be a shim. This server implements just
 the REST paths ptjupyter uses, the way the real apiserver answers them:
@@ -10,7 +10,7 @@ the REST paths ptjupyter uses, the way the real apiserver answers them:
   involvedObject.name); one global resourceVersion; ``watch=1`` streams JSON lines from a given
   resourceVersion (or ADDED for the current state), ``ERROR``/410 Expired after :meth:`compact`;
   Status error bodies; ownerReference garbage collection on delete; PyTorchJob creates are checked
-  with ``validate()`` from shared/k8s (422 with causes on error).
+  with ``validate()`` from validate.py beside this file (422 with causes on error).
 - ``pods/{name}/log`` with follow, timestamps, sinceSeconds, tailLines, chunked and live.
 - fault injection: :meth:`fail` (any status for a method+path pattern, N times), :meth:`drop_log`
   (cut a log stream after N lines, optionally mid-line), :meth:`drop_watches`, :meth:`compact`
@@ -52,38 +52,10 @@ KINDS = {"pytorchjobs": ("PyTorchJob", "kubeflow.org/v1"), "jobs": ("Job", "batc
 GROUPS = {"pytorchjobs": "kubeflow.org", "jobs": "batch"}
 
 
-def shared_k8s_dir() -> Path:
-    """shared/k8s: $PTJUPYTER_SHARED_K8S, else ../shared/k8s beside the repository root."""
-    env = os.environ.get("PTJUPYTER_SHARED_K8S")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "k8s"
+def _validator():
+    from validate import validate
 
-
-def load_validate():
-    """``validate(manifest) -> [errors]`` from shared/k8s/validate.py (imported by path)."""
-    import importlib.util
-
-    global _VALIDATE
-    if _VALIDATE is not None:
-        return _VALIDATE
-    path = shared_k8s_dir() / "validate.py"
-    spec = importlib.util.spec_from_file_location("ptj_shared_validate", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    schema = mod.make_strict(mod.load_schema(mod.DEFAULT_CRD))  # the CRD is 600 KB of YAML: parse it once
-
-    def validate(doc: dict) -> list:
-        """Same as shared validate.validate(doc) (strict + webhook), with the schema loaded once."""
-        return mod.schema_errors(doc, schema) + mod.webhook_errors(doc)
-
-    validate.module = mod
-    _VALIDATE = validate
     return validate
-
-
-_VALIDATE = None
 
 
 def now_ts() -> str:
@@ -167,7 +139,7 @@ class FakeK8s:
         self.hold: Optional[tuple] = None
         self.watch_epoch = 0
         self.tmp = tempfile.mkdtemp(prefix="ptj-fake-k8s-")
-        self.validate = load_validate() if validate else None
+        self.validate = _validator() if validate else None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="fake-k8s")
         self._ready = threading.Event()
@@ -486,7 +458,7 @@ class FakeK8s:
             async with self.cond:
                 try:
                     await asyncio.wait_for(self.cond.wait_for(
-                        lambda: len(self.history) > idx or self.watch_epoch != epoch), left)
+                        lambda idx=idx: len(self.history) > idx or self.watch_epoch != epoch), left)
                 except asyncio.TimeoutError:
                     break
         await resp.write_eof()
@@ -527,7 +499,7 @@ class FakeK8s:
             if not follow or (buf.done and idx >= len(buf.lines)) or getattr(self, "closing", False):
                 break
             async with buf.cond:
-                await buf.cond.wait_for(lambda: len(buf.lines) > idx or buf.done)
+                await buf.cond.wait_for(lambda idx=idx: len(buf.lines) > idx or buf.done)
         await resp.write_eof()
         return resp
 

@@ -58,3 +58,14 @@ def big_result():
 def fail_direct():
     print("about to fail", flush=True)
     raise KeyError("missing-key")
+
+
+def corrupt_result():
+    """Prints a result marker of this job that is not base64, then ends before the real one is written."""
+    import json
+
+    with open(os.path.join(os.environ["PTJUPYTER_PAYLOAD"], "meta.json")) as f:
+        nonce = json.load(f)["nonce"]
+    print("working", flush=True)
+    print(f"##ptjupyter-result {nonce} 1/1 !!!not-base64", flush=True)
+    os._exit(0)

@@ -5,9 +5,9 @@ import _thread
 import threading
 import time
 
+import k8s_cells
 import pytest
 
-import k8s_cells
 from ptjupyter import Elastic, PyTorch, Worker
 from ptjupyter.k8s import jobs, run
 from ptjupyter.k8s.errors import JobFailed
@@ -30,15 +30,22 @@ def test_two_nodes_live_ordered_result_with_dropped_log_and_watch(fake, api, pla
             fake.compact(drop_watches=True)
 
     out, rec = [], recorder(on_line)
-    t0 = time.monotonic()
-    value = run(plan, k8s_cells.ddp_sum, api_client=api, sink=rec, out=out.append)
+    submitted = []
+
+    def say(line):
+        out.append(line)
+        if line.startswith("[ptjupyter] submitted "):
+            submitted.append(time.monotonic() - rec.t0)  # on the sink's clock
+
+    value = run(plan, k8s_cells.ddp_sum, api_client=api, sink=rec, out=say)
     assert value == {"sum": 3.0, "world": 2}
     for rank in (0, 1):
         assert rec.texts(rank) == [f"rank {rank} step {i}" for i in range(4)], rec.lines
     times = [t for t, r, text in rec.lines if r == 0]
     assert times[-1] - times[0] > 0.8  # printed 0.4 s apart: they came as they were printed, not at the end
-    assert cut.is_set() and run.last_first_line_s is not None
-    print(f"submit -> first log line: {run.last_first_line_s:.2f} s; whole run {time.monotonic() - t0:.1f} s")
+    assert cut.is_set() and submitted and rec.lines[0][0] > submitted[0]
+    print(f"submit -> first log line: {rec.lines[0][0] - submitted[0]:.2f} s; whole run "
+          f"{time.monotonic() - rec.t0:.1f} s")
     log_gets = [r for r in fake.requests if r[1].endswith("ptj-two-worker-1/log")]
     assert len(log_gets) >= 2 and "sinceSeconds" in log_gets[-1][2]  # resumed, not restarted
     relists = [r for r in fake.requests if r[1].endswith("/pytorchjobs") and r[0] == "GET" and "watch" not in r[2]]
@@ -99,7 +106,7 @@ def test_interrupt_leaves_the_job_running_then_attach_and_cancel(fake, api, plan
 
     out3 = []
     jobs.main("", out=out3.append, api_client=api)
-    assert out3[0].split()[:3] == ["NAME", "KIND", "STATE"] and any("ptj-long" in l and "Succeeded" in l for l in out3)
+    assert out3[0].split()[:3] == ["NAME", "KIND", "STATE"] and any("ptj-long" in ln and "Succeeded" in ln for ln in out3)
 
 
 def test_cancel_deletes_job_pods_and_payload(fake, api, plan_for):
@@ -154,7 +161,7 @@ def test_line_magic_in_a_real_shell(fake, api, monkeypatch):
     from ptjupyter.k8s import magic
 
     shell = InteractiveShell.instance()
-    magic.register(shell)
+    shell.register_magics(magic.PytorchElasticJobs)
     calls = []
     monkeypatch.setattr(jobs, "main", lambda line, out, api_client=None, sink=None: calls.append(line) or "ok")
     assert shell.run_line_magic("pytorch_elastic_jobs", "attach ptj-x --tail 5") == "ok"

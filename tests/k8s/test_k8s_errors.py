@@ -4,10 +4,10 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
-
 import fake_k8s
 import k8s_cells
+import pytest
+
 from ptjupyter import Elastic
 from ptjupyter.k8s import client as kclient
 from ptjupyter.k8s import run
@@ -153,3 +153,88 @@ def test_no_permission_for_pod_logs_is_an_error_with_rbac_hint(fake, api, plan_f
     out = []
     run(plan_for(Elastic()), k8s_cells.hello, api_client=api, out=out.append)
     assert any("forbidden (403): you may not get pods/log in namespace 'default'" in line for line in out), out
+
+
+def test_an_unreadable_result_is_a_cluster_error_naming_the_job_not_a_bad_option(fake, api, plan_for):
+    """Before: the ValueError of base64 escaped run(), and the magic said 'nothing was submitted'."""
+    from ptjupyter.errors import InvalidValue
+    from ptjupyter.k8s.errors import ResultUnreadable
+
+    out = []
+    with pytest.raises(K8sError) as e:
+        run(plan_for(Elastic(), job_name="ptj-corrupt"), k8s_cells.corrupt_result, api_client=api, out=out.append)
+    assert isinstance(e.value, ResultUnreadable) and not isinstance(e.value, (ValueError, TypeError, InvalidValue))
+    msg = str(e.value)
+    assert msg.startswith("job default/ptj-corrupt ran, but rank 0's return value could not be read back")
+    assert "nothing was submitted" not in msg and "\n" not in msg
+    assert e.value.render()[0].startswith("ResultUnreadable: job default/ptj-corrupt ran")
+    assert "[worker-0] working" in out and not any("##ptjupyter-result" in line for line in out)
+
+
+def test_anything_else_going_wrong_while_following_is_a_k8s_error_naming_the_job(fake, api, plan_for, monkeypatch):
+    from ptjupyter.k8s import follow
+
+    def broken(self):
+        raise ValueError("an unexpected answer")
+
+    monkeypatch.setattr(follow.Follower, "run", broken)
+    with pytest.raises(K8sError) as e:
+        run(plan_for(Elastic(), job_name="ptj-broken"), k8s_cells.hello, api_client=api, out=lambda s: None)
+    assert not isinstance(e.value, ValueError)
+    assert str(e.value) == ("job default/ptj-broken was submitted, but following it failed: "
+                            "ValueError: an unexpected answer")
+    assert fake.get("jobs", "ptj-broken") is not None
+
+
+def _kubeconfig(path, host, namespace="team-a"):
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{host}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        f"contexts: [{{name: fake, context: {{cluster: fake, user: u, namespace: {namespace}}}}}]\n")
+    return path
+
+
+def test_an_explicit_default_namespace_is_used_as_given(fake, tmp_path, monkeypatch, plan_for):
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", fake.host)))
+    out = []
+    bare = run(plan_for(Elastic(), job_name="ptj-bare"), k8s_cells.hello, detach=True, out=out.append)
+    given = run(plan_for(Elastic(), job_name="ptj-given", namespace="default"), k8s_cells.hello, detach=True,
+                out=out.append)
+    assert (bare.namespace, given.namespace) == ("team-a", "default")
+    assert fake.names("jobs", "team-a") == ["ptj-bare"] and fake.names("jobs", "default") == ["ptj-given"]
+    assert fake.names("configmaps", "default") == ["ptj-given-payload"]
+    # the hints work as typed: a bare %pytorch_elastic_jobs looks in the context's namespace
+    assert "Follow: %pytorch_elastic_jobs attach ptj-bare   Cancel" in out[1]
+    assert "attach ptj-given -n default" in out[3] and "cancel ptj-given -n default" in out[3]
+
+
+def test_the_jobs_magic_defaults_to_the_kubeconfig_contexts_namespace(fake, tmp_path, monkeypatch, plan_for):
+    """Before: a bare %pytorch_elastic_jobs listed 'default' while a bare cell submitted to the context's."""
+    from ptjupyter.k8s import jobs
+
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", fake.host)))
+    run(plan_for(Elastic(), job_name="ptj-in-team-a"), k8s_cells.hello, detach=True, out=lambda s: None)
+    run(plan_for(Elastic(), job_name="ptj-in-default", namespace="default"), k8s_cells.hello, detach=True,
+        out=lambda s: None)
+
+    def listed(line):
+        out = []
+        jobs.main(line, out=out.append)
+        return [row.split()[0] for row in out[1:]]
+
+    assert listed("") == ["ptj-in-team-a"] and listed("list") == ["ptj-in-team-a"]
+    assert listed("-n default") == ["ptj-in-default"] == listed("list --namespace default")
+    out = []
+    jobs.main("cancel ptj-in-team-a", out=out.append)
+    assert out == ["[ptjupyter] cancelled team-a/ptj-in-team-a: job, pods and payload ConfigMap deleted"]
+    out = []
+    jobs.main("", out=out.append)
+    assert out == ["no ptjupyter jobs in namespace 'team-a'"]
+
+
+def test_a_kubeconfig_namespace_the_server_would_refuse_is_a_k8s_error(fake, tmp_path, monkeypatch, plan_for):
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", fake.host, namespace="Team_A")))
+    msg = _submit(None, plan_for(Elastic()))
+    assert msg.startswith("the Kubernetes configuration cannot be used (nothing was submitted): ")
+    assert "namespace='Team_A' is not accepted" in msg and fake.requests == []

@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 
+import k8s_cells
 import pytest
 
-import k8s_cells
 from ptjupyter import Elastic
+from ptjupyter.errors import InvalidType, InvalidValue
 from ptjupyter.k8s import dry_run, payload
-from ptjupyter.k8s.follow import MARK
+from ptjupyter.k8s.entrypoint import MARK
 
 
 def _materialise(p: payload.Payload, d) -> str:
@@ -42,7 +43,7 @@ def test_payload_over_one_mib_names_the_largest_captured_values():
     def cell():
         return len(blob) + len(small)
 
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(InvalidValue) as e:
         payload.build(cell, {"blob": blob, "small": small})
     msg = str(e.value)
     assert "\n" not in msg and "1.0 MiB" in msg and msg.index("blob (2.0 MiB)") < msg.index("small")
@@ -52,8 +53,9 @@ def test_payload_records_versions_and_runs_in_a_bare_python(tmp_path):
     """The entrypoint needs no ptjupyter and brings its own cloudpickle (python -I: no site, no user paths)."""
     p = payload.build(k8s_cells.hello, {"x": 1})
     meta = json.loads(p.data["meta.json"])
-    import cloudpickle
     import platform
+
+    import cloudpickle
 
     assert meta["format"] == payload.FORMAT and meta["python"] == platform.python_version()
     assert meta["cloudpickle"] == cloudpickle.__version__ and meta["nonce"] == p.nonce and meta["shipped"] == {"x": 5}
@@ -112,3 +114,26 @@ def test_dry_run_sends_nothing(fake, plan_for, no_kubeconfig):
     assert docs[0]["kind"] == "PyTorchJob" and docs[0]["metadata"]["name"] == "ptj-dry"
     assert docs[1]["kind"] == "ConfigMap" and docs[1]["metadata"]["name"] == "ptj-dry-payload"
     assert "# shipped: weights (2.0 KiB)" in text and "# payload: " in text and "nothing was sent" in text
+
+
+def test_dry_run_with_no_namespace_says_the_kubeconfig_context_decides(fake, plan_for, no_kubeconfig):
+    import yaml
+
+    text = dry_run(plan_for(Elastic(nnodes=2), job_name="ptj-dry"), k8s_cells.hello)
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert "namespace" not in docs[0]["metadata"] and "namespace" not in docs[1]["metadata"]
+    assert "# namespace: none given, so the kubeconfig context's" in text
+    text = dry_run(plan_for(Elastic(nnodes=2), job_name="ptj-dry", namespace="default"), k8s_cells.hello)
+    assert [d for d in yaml.safe_load_all(text) if d][0]["metadata"]["namespace"] == "default"
+    assert "none given" not in text and fake.requests == []
+
+
+def test_a_cell_that_cannot_be_pickled_is_an_invalid_type():
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(InvalidType) as e:
+        payload.build(lambda: lock)
+    assert str(e.value).startswith("the cell function cannot be pickled for the pods: TypeError")
+    with pytest.raises(InvalidType, match="fn=3 is not accepted"):
+        payload.build(3)

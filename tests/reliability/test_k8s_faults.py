@@ -37,6 +37,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "k8s"))
 
 import fake_k8s  # noqa: E402
+
 from ptjupyter import Elastic, Layer, resolve  # noqa: E402
 from tests.conftest import leftover_processes  # noqa: E402
 
@@ -141,7 +142,7 @@ def assert_lines_exact(fake, rec, upto=None):
     assert not partial, partial[:3]  # no partial (or merged) line
     written = fake.written()
     want = []
-    for pod, uid, lines in written:
+    for pod, _uid, lines in written:
         texts = [text for t, text in lines if not text.startswith(MARK)]
         if upto is None:
             want.extend(texts)
@@ -181,14 +182,14 @@ def one_line(exc):
 
 
 def gaps(times):
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
 def request_times(fake, method, pattern, watch=None):
     import re
 
     rx = re.compile(pattern)
-    return [t for (m, p, q), t in zip(list(fake.requests), list(fake.request_times))
+    return [t for (m, p, q), t in zip(list(fake.requests), list(fake.request_times), strict=False)
             if m == method and rx.search(p) and (watch is None or watch == ("watch" in q))]
 
 
@@ -306,11 +307,11 @@ def transient_5xx(fake, rng, case):
 def persistent_5xx(fake, rng, case, monkeypatch):
     """500/503 for good: a bounded number of tries, then one clear line (or a note, for a log stream)."""
     from ptjupyter.k8s import client as kclient
-    from ptjupyter.k8s import follow
+    from ptjupyter.k8s import watch as kwatch  # MAX_FAILURES: of each watch and log stream
     from ptjupyter.k8s.errors import K8sError
 
     monkeypatch.setattr(kclient, "BACKOFF", 0.02)  # keep the short form short; the bound is what counts
-    monkeypatch.setattr(follow, "MAX_FAILURES", 3)
+    monkeypatch.setattr(kwatch, "MAX_FAILURES", 3)
     status = rng.choice((500, 503))
     method, pattern, watch = case
     at = rng.randint(2, N_LINES - 10)
@@ -343,17 +344,17 @@ def persistent_5xx(fake, rng, case, monkeypatch):
         assert any("log stream of worker-0 keeps failing; stopped tailing it" in line for line in out), out
         assert any("result line was not in the pods' logs" in line for line in out), out
         assert f"[ptjupyter] {JOB}: Succeeded" in out, out
-        assert hits <= follow.MAX_FAILURES + 2, hits
+        assert hits <= kwatch.MAX_FAILURES + 2, hits
         shown = rec.texts()
         assert shown == [expected_line(i) for i in range(len(shown))]  # what was shown: once, in order
     else:
         assert isinstance(value, K8sError), value
         msg = one_line(value)
         assert f"watching {'jobs' if 'jobs' in pattern else 'pods'} of job {JOB} failed" in msg and str(status) in msg, msg
-        assert hits <= follow.MAX_FAILURES + 1 + 1, hits
+        assert hits <= kwatch.MAX_FAILURES + 1 + 1, hits
         assert_lines_exact(fake, rec, upto=0)  # lines shown before: once, in order
     assert time.monotonic() - t0 < 30
-    assert_bounded(fake, follow.MAX_FAILURES + 6)
+    assert_bounded(fake, kwatch.MAX_FAILURES + 6)
     COUNTS[f"{status} persistent"] += 1
 
 
@@ -416,7 +417,7 @@ def cases(reps, seed):
                 ("transient_5xx", rng.choice([c for c in TRANSIENT if c[2]])),
                 ("transient_5xx", TRANSIENT[-1])]
     persistent = [("POST", r"/configmaps$", None), ("GET", r"/jobs$", True), ("GET", r"/log$", None)]
-    for i in range(reps if reps > SHORT else 1):
+    for _ in range(reps if reps > SHORT else 1):
         out += [("persistent_5xx", p) for p in persistent]
     return [(kind, arg, rng.randrange(1 << 30)) for kind, arg in out]
 
@@ -511,10 +512,11 @@ SECURITY_FAULTS = ("401", "403", "unreachable", "500-transient", "500-persistent
 def test_no_secret_is_printed_raised_or_logged(fake, user, tmp_path, monkeypatch, caplog, capsys):
     from ptjupyter import set_debug
     from ptjupyter.k8s import client as kclient
-    from ptjupyter.k8s import follow, run
+    from ptjupyter.k8s import run
+    from ptjupyter.k8s import watch as kwatch
 
     monkeypatch.setattr(kclient, "BACKOFF", 0.02)
-    monkeypatch.setattr(follow, "MAX_FAILURES", 2)
+    monkeypatch.setattr(kwatch, "MAX_FAILURES", 2)
     caplog.set_level(logging.DEBUG)  # root
     caplog.set_level(logging.DEBUG, logger="ptjupyter")
     caplog.set_level(logging.DEBUG, logger="kubernetes")
