@@ -1,4 +1,5 @@
-"""The IPython surface: ``%%pytorch_elastic`` and ``%pytorch_elastic_widgets``.
+"""The IPython surface: ``%%pytorch_elastic``, ``%pytorch_elastic_widgets`` (and ``%pytorch_elastic_jobs``,
+registered from :mod:`ptjupyter.k8s.magic`).
 
 ``load_ipython_extension`` registers :class:`PytorchElastic` (a ``Magics`` subclass, so a traitlets
 ``Configurable``: ``%config PytorchElastic.nproc_per_node = 2`` and ``ipython_config.py`` set its
@@ -193,7 +194,9 @@ def load_ipython_extension(ip) -> PytorchElastic:
     if inst is None:
         inst = PytorchElastic(shell=ip)
         ip.register_magics(inst)
-        _register_k8s_jobs_magic(ip)
+        from .k8s.magic import PytorchElasticJobs  # light: kubernetes is imported only when a job command runs
+
+        ip.register_magics(PytorchElasticJobs)
         if inst.prewarm and os.environ.get("PTJUPYTER_PREWARM", "1").lower() not in ("0", "false", "no", "off"):
             _prewarm()
     return inst
@@ -205,18 +208,12 @@ def unload_ipython_extension(ip) -> None:
         return
     mm = ip.magics_manager
     mm.registry.pop("PytorchElastic", None)
+    mm.registry.pop("PytorchElasticJobs", None)
     mm.magics["cell"].pop("pytorch_elastic", None)
     mm.magics["line"].pop("pytorch_elastic_widgets", None)
     mm.magics["line"].pop("pytorch_elastic_jobs", None)
     if inst in getattr(ip, "configurables", []):
         ip.configurables.remove(inst)
-
-
-def _register_k8s_jobs_magic(ip) -> None:
-    """``%pytorch_elastic_jobs`` (list / attach / cancel cluster jobs)."""
-    from .k8s import magic as k8s_magic
-
-    k8s_magic.register(ip)
 
 
 def _prewarm() -> None:

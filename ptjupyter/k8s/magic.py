@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-__all__ = ["PytorchElasticJobs", "register"]
+__all__ = ["PytorchElasticJobs"]
 
 
 @magics_class
@@ -45,7 +45,3 @@ class PytorchElasticJobs(Magics):
             # the follower printed how to reattach; one line instead of the follower's frames
             raise KeyboardInterrupt("stopped following; the job keeps running") from None
 
-
-def register(ipython) -> None:
-    """``ipython.register_magics(PytorchElasticJobs)`` (what ``load_ipython_extension`` does)."""
-    ipython.register_magics(PytorchElasticJobs)

@@ -76,14 +76,15 @@ def test_help_says_every_subcommand_and_option(shell, capsys):
     assert "attach NAME [--tail N]" in capsys.readouterr().out
 
 
-def test_register_is_register_magics(shell):
+def test_load_ext_registers_the_jobs_magics_class_and_unload_removes_it(shell):
     from IPython.core.interactiveshell import InteractiveShell
 
-    from ptjupyter.k8s import magic
+    from ptjupyter.magics import load_ipython_extension, unload_ipython_extension
 
     ip = InteractiveShell.instance()
-    ip.magics_manager.magics["line"].pop("pytorch_elastic_jobs", None)
-    magic.register(ip)
+    unload_ipython_extension(ip)
+    assert ip.find_line_magic("pytorch_elastic_jobs") is None
+    load_ipython_extension(ip)
     assert isinstance(ip.magics_manager.registry["PytorchElasticJobs"], PytorchElasticJobs)
     assert ip.find_line_magic("pytorch_elastic_jobs") is not None
 
