@@ -325,12 +325,14 @@ class _Launch:
                 code = -int(getattr(signal, first.fault_signal()))
             text = (first.record or {}).get("traceback") or _fault_text(first.fault)
             rank = first.rank
+            timestamp = when(first) if when(first) != float("inf") else None
         else:  # nothing of ours says why (it died before the worker helper ran): torch's report
             rank, (code, message) = min(torch_codes.items()) if torch_codes else (0, (None, ""))
             text = message if isinstance(message, str) and message not in ("", "<N/A>") else ""
+            timestamp = None
         others = {w.rank: w.detail() for w in current if w.rank != rank and bad(w)}
         return WorkerFailed(rank, code, text, attempt=last, max_restarts=self.plan.max_restarts, others=others,
-                            hint=hint_for(text))
+                            hint=hint_for(text), timestamp=timestamp)
 
 
 @contextlib.contextmanager
