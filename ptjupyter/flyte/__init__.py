@@ -25,6 +25,7 @@ Differences from the upstream plugin, all deliberate:
 As upstream, a rank's error is a ``FlyteRecoverableException`` (Flyte retries it) when the rank
 raised one or a subclass, else a ``FlyteUserRuntimeException`` (its ``value`` is ptjupyter's
 :class:`~ptjupyter.errors.RankFailed`); both carry the time of the rank's error as ``timestamp``.
+A direct call (one process) raises the function's own error, as a plain flytekit task does.
 
 Local workflow runs: flytekit executes a task the moment it is called in a locally running
 ``@workflow``/``@dynamic``, so a ``.with_overrides(task_config=...)`` on its result comes too late

@@ -118,9 +118,7 @@ class _ConfigTask(PerNodeConfig, PythonFunctionTask):
         if task is not self:
             plan = resolve(self.task_config)  # local target; a PyTorchJob pod's PET_* environment is honoured
         if plan.mode is Mode.DIRECT and not self._fresh_context(plan):
-            from flytekit.exceptions import scopes as exception_scopes
-
-            return execute(plan, exception_scopes.user_entry_point(self._task_function), kwargs=kwargs)
+            return execute(plan, self._task_function, kwargs=kwargs)
         return self._run_in_fresh_context(plan, kwargs)
 
     def _fresh_context(self, plan) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from flytekit import task
 from flytekit.exceptions.user import FlyteRecoverableException, FlyteUserRuntimeException
 
-from ptjupyter import Elastic
+from ptjupyter import Elastic, PyTorch, Worker
 from ptjupyter.errors import RankFailed
 
 pytest.importorskip("ptjupyter.local.launch")
@@ -90,3 +90,16 @@ def test_one_process_is_a_direct_call_in_the_context_upstreams_worker_would_have
         return f"{ctx.execution_id.name} {os.getpid()}"
 
     assert one() == f"{execution_id} {os.getpid()}"
+
+
+@pytest.mark.parametrize("config", [PyTorch(worker=Worker(replicas=1)), Elastic(start_method="fork"),
+                                    Elastic(start_method="spawn")], ids=["PyTorch", "Elastic-fork", "Elastic-spawn"])
+def test_a_direct_call_raises_the_functions_own_error(config):
+    """Not SystemExit: flytekit's deprecated user_entry_point exits the process on a user error outside pyflyte."""
+
+    @task(task_config=config)
+    def lookup(key: str) -> int:
+        return {}[key]
+
+    with pytest.raises(KeyError, match="no such key"):
+        lookup(key="no such key")
