@@ -1,7 +1,7 @@
 """Task configs of the kfpytorch plugin: ``PyTorch``, ``Elastic`` and their parts.
 
 Drop-in for ``flytekitplugins.kfpytorch`` 1.16: same fields, defaults and enum values, but
-stricter: every bad value is a one-line ``ValueError``/``TypeError`` raised when the config is
+stricter: every bad value is a one-line ``InvalidValue``/``InvalidType`` (a ``ValueError``/``TypeError``) raised when the config is
 built, naming the field, the value and what is accepted. Nothing heavy is imported here.
 """
 from __future__ import annotations
@@ -13,6 +13,8 @@ import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, Optional, Union
+
+from .errors import InvalidType, InvalidValue
 
 __all__ = [
     "RestartPolicy", "CleanPodPolicy", "RunPolicy", "Worker", "Master", "PyTorch", "Elastic",
@@ -58,17 +60,17 @@ def parse_nnodes(value: Union[int, str], name: str = "nnodes") -> tuple[int, int
     """
     accepted = 'a positive int, "N" or "MIN:MAX" with 1 <= MIN <= MAX'
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"{name}={value!r} ({type(value).__name__}) is not accepted; expected {accepted}")
+        raise InvalidType(f"{name}={value!r} ({type(value).__name__}) is not accepted; expected {accepted}")
     if isinstance(value, int):
         lo = hi = value
     else:
         m = _NNODES_RE.match(value)
         if not m:
-            raise ValueError(f"{name}={value!r} is not accepted; expected {accepted}")
+            raise InvalidValue(f"{name}={value!r} is not accepted; expected {accepted}")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
     if lo < 1 or hi < lo:
-        raise ValueError(f"{name}={value!r} is not accepted; expected {accepted}")
+        raise InvalidValue(f"{name}={value!r} is not accepted; expected {accepted}")
     return lo, hi
 
 
@@ -83,9 +85,9 @@ def _check_int(owner, name, value, minimum, optional=False):
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        _fail(TypeError, owner, name, value, f"an int >= {minimum}" + (" or None" if optional else ""))
+        _fail(InvalidType, owner, name, value, f"an int >= {minimum}" + (" or None" if optional else ""))
     if value < minimum:
-        _fail(ValueError, owner, name, value, f"an int >= {minimum}" + (" or None" if optional else ""))
+        _fail(InvalidValue, owner, name, value, f"an int >= {minimum}" + (" or None" if optional else ""))
 
 
 def _check_enum(owner, name, value, enum, optional=True):
@@ -93,7 +95,7 @@ def _check_enum(owner, name, value, enum, optional=True):
         return
     if not isinstance(value, enum):
         members = ", ".join(f"{enum.__name__}.{m.name}" for m in enum)
-        _fail(TypeError, owner, name, value, members + (" or None" if optional else ""))
+        _fail(InvalidType, owner, name, value, members + (" or None" if optional else ""))
 
 
 def _check_resources(owner, name, value):
@@ -102,16 +104,16 @@ def _check_resources(owner, name, value):
     if isinstance(value, dict):
         bad = [k for k in value if k not in _RESOURCE_KEYS]
         if bad:
-            _fail(ValueError, owner, name, value, f"keys among {', '.join(_RESOURCE_KEYS)}")
+            _fail(InvalidValue, owner, name, value, f"keys among {', '.join(_RESOURCE_KEYS)}")
         return
     if type(value).__name__ == "Resources" and type(value).__module__.startswith("flytekit"):
         return
-    _fail(TypeError, owner, name, value, "flytekit.Resources, a dict with keys cpu/mem/gpu/ephemeral_storage, or None")
+    _fail(InvalidType, owner, name, value, "flytekit.Resources, a dict with keys cpu/mem/gpu/ephemeral_storage, or None")
 
 
 def _check_type(owner, name, value, types, accepted):
     if not isinstance(value, types):
-        _fail(TypeError, owner, name, value, accepted)
+        _fail(InvalidType, owner, name, value, accepted)
 
 
 def _strict_init(cls):
@@ -123,12 +125,12 @@ def _strict_init(cls):
     def __init__(self, *args, **kwargs):
         unknown = [k for k in kwargs if k not in names]
         if unknown:
-            raise TypeError(
+            raise InvalidType(
                 f"{cls.__name__}: unknown argument {unknown[0]}={kwargs[unknown[0]]!r}; "
                 f"accepted: {', '.join(names)}"
             )
         if len(args) > len(names):
-            raise TypeError(f"{cls.__name__} takes at most {len(names)} positional arguments ({', '.join(names)})")
+            raise InvalidType(f"{cls.__name__} takes at most {len(names)} positional arguments ({', '.join(names)})")
         init(self, *args, **kwargs)
         # which fields the caller set: an explicit value equal to the default still counts (see given_fields)
         object.__setattr__(self, "_given", frozenset(names[: len(args)]) | frozenset(kwargs))
@@ -193,7 +195,7 @@ def _replica_checks(owner, spec):
     if spec.image is not None:
         _check_type(owner, "image", spec.image, str, "an image reference string or None")
         if not spec.image.strip():
-            _fail(ValueError, owner, "image", spec.image, "a non-empty image reference or None")
+            _fail(InvalidValue, owner, "image", spec.image, "a non-empty image reference or None")
     _check_resources(owner, "requests", spec.requests)
     _check_resources(owner, "limits", spec.limits)
     _check_enum(owner, "restart_policy", spec.restart_policy, RestartPolicy)
@@ -222,12 +224,12 @@ class PyTorch:
         _check_int("PyTorch", "num_workers", self.num_workers, 1, optional=True)
         _check_type("PyTorch", "increase_shared_mem", self.increase_shared_mem, bool, "True or False")
         if self.num_workers is not None and self.worker.replicas is not None:
-            raise ValueError(
+            raise InvalidValue(
                 f"PyTorch: num_workers={self.num_workers!r} and worker.replicas={self.worker.replicas!r} are both set; "
                 "use only worker.replicas (num_workers is deprecated)"
             )
         if self.num_workers is None and self.worker.replicas is None:
-            raise ValueError("PyTorch: set worker.replicas (or the deprecated num_workers); neither is set")
+            raise InvalidValue("PyTorch: set worker.replicas (or the deprecated num_workers); neither is set")
         if self.num_workers is not None:
             warnings.warn(
                 "PyTorch(num_workers=...) is deprecated; use PyTorch(worker=Worker(replicas=...))",
@@ -266,10 +268,10 @@ class Elastic:
         parse_nnodes(self.nnodes, "Elastic.nnodes")
         _check_int("Elastic", "nproc_per_node", self.nproc_per_node, 1)
         if self.start_method not in START_METHODS:
-            _fail(ValueError, "Elastic", "start_method", self.start_method, " | ".join(START_METHODS))
+            _fail(InvalidValue, "Elastic", "start_method", self.start_method, " | ".join(START_METHODS))
         if isinstance(self.monitor_interval, bool) or not isinstance(self.monitor_interval, (int, float)) \
                 or not self.monitor_interval > 0:
-            _fail(ValueError, "Elastic", "monitor_interval", self.monitor_interval, "a number of seconds > 0")
+            _fail(InvalidValue, "Elastic", "monitor_interval", self.monitor_interval, "a number of seconds > 0")
         _check_int("Elastic", "max_restarts", self.max_restarts, 0)
         _check_type("Elastic", "rdzv_configs", self.rdzv_configs, dict, "a dict of rendezvous settings")
         _check_type("Elastic", "increase_shared_mem", self.increase_shared_mem, bool, "True or False")

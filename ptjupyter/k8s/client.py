@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any, Iterable, Optional, Tuple
 
-from .errors import K8sError, translate
+from .errors import K8sError, short_reason, translate
 from .watch import RETRY_STATUSES, backoff
 
 __all__ = ["Kube", "connect", "RETRY_STATUSES", "PATHS"]
@@ -167,19 +167,6 @@ def _is_connection_error(e: BaseException) -> bool:
     import urllib3
 
     return isinstance(e, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
-
-
-def short_reason(e: BaseException) -> str:
-    """A connection error in a few words (``connection refused``, ``timed out``), never its headers."""
-    reason = getattr(e, "reason", None) or e
-    text = str(reason)
-    if "Connection refused" in text:
-        return "connection refused"
-    if "timed out" in text.lower():
-        return "timed out"
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return "host name not found"
-    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def connect(namespace: Optional[str], context: Optional[str] = None, api_client=None) -> Kube:

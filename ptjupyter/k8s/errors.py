@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from ..errors import PtjupyterError
 
-__all__ = ["K8sError", "JobFailed", "JobDeleted", "ResultUnreadable", "translate"]
+__all__ = ["K8sError", "JobFailed", "JobDeleted", "ResultUnreadable", "translate", "short_reason"]
 
 
 class K8sError(PtjupyterError, RuntimeError):
@@ -105,3 +105,16 @@ def translate(exc, verb: str, resource: str, namespace: str, name: Optional[str]
     else:
         msg = f"Kubernetes API: {verb} {full} in namespace {namespace!r} failed ({status} {getattr(exc, 'reason', '')}): {server}"
     return K8sError(" ".join(msg.split()), status=status)
+
+
+def short_reason(e: BaseException) -> str:
+    """A connection error in a few words (``connection refused``, ``timed out``), never its headers."""
+    reason = getattr(e, "reason", None) or e
+    text = str(reason)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "timed out" in text.lower():
+        return "timed out"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "host name not found"
+    return text.splitlines()[0][:160] if text else type(e).__name__

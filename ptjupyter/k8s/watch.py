@@ -63,8 +63,7 @@ class ResumableWatch:
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
-        from .client import short_reason
-        from .errors import translate
+        from .errors import short_reason, translate
 
         failures = gone = 0
         err: BaseException = K8sError("no error")

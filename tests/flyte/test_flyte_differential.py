@@ -11,14 +11,13 @@ import subprocess
 import sys
 import warnings
 
+import flytekitplugins.kfpytorch as up
 import pytest
 from flytekit import PodTemplate, Resources, task
 from kubernetes.client import V1Container, V1PodSpec, V1Volume, V1VolumeMount
 
-import flytekitplugins.kfpytorch as up
 import ptjupyter as ours
 import ptjupyter.flyte  # noqa: F401 - registers the task classes (import flytekit does it too)
-
 
 
 def train(x: int) -> int:
@@ -97,7 +96,7 @@ def build(module, make_config, task_kwargs):
 def test_same_task_template_as_upstream(make_config, task_kwargs, settings, template):
     theirs = build(up, make_config, task_kwargs)
     mine = build(ours, make_config, task_kwargs)
-    assert type(mine).__module__ == "ptjupyter.flyte" and type(theirs).__module__.startswith("flytekitplugins")
+    assert type(mine).__module__ == "ptjupyter.flyte.tasks" and type(theirs).__module__.startswith("flytekitplugins")
     assert (mine.task_type, mine.task_type_version) == (theirs.task_type, theirs.task_type_version)
     assert mine.get_custom(settings) == theirs.get_custom(settings)
     assert (mine.pod_template is None) == (theirs.pod_template is None)

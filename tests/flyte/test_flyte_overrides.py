@@ -7,11 +7,11 @@ swap in a per-node variant of the task instead (see ptjupyter.flyte).
 import datetime
 import warnings
 
+import flytekitplugins.kfpytorch as up
 import pytest
 from flytekit import conditional, dynamic, task, workflow
 from flytekit.core.context_manager import ExecutionState, FlyteContextManager
 
-import flytekitplugins.kfpytorch as up
 from ptjupyter import Elastic, PyTorch, Worker
 from ptjupyter.flyte import config_override_resolver, decode_config, encode_config
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 from flytekit.models.literals import LiteralMap
 
 MODULE = '''
