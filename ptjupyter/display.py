@@ -127,13 +127,15 @@ class CellSink:
     def _bundle(self) -> dict:
         """One table row per rank (name, state, seconds), so 8 ranks stay inside the cell's width.
 
-        Colours are JupyterLab's theme variables (readable in its dark theme too), with fallbacks for
-        front ends that do not define them; every row exists from the start and the columns have fixed
+        The state's colour is a bar beside its text (red text failed WCAG contrast on JupyterLab's dark
+        theme), a failed rank's row has the error background; colours are JupyterLab's theme variables,
+        with fallbacks for front ends that do not define them; every row exists from the start and the columns have fixed
         widths, so the table keeps its size while it is updated in place.
         """
         rows = "".join(
-            f"<tr data-rank='{r}'><td style='{_TD}text-align:left'><b>{html.escape(self.name(r))}</b></td>"
-            f"<td style='{_TD}text-align:left;min-width:22ch;color:{_state_color(s)}'>{html.escape(s)}</td>"
+            f"<tr data-rank='{r}'{_row_style(s)}><td style='{_TD}text-align:left'><b>{html.escape(self.name(r))}</b></td>"
+            f"<td style='{_TD}text-align:left;min-width:22ch;border-left:3px solid {_state_color(s)};"
+            f"padding-left:.5em'>{html.escape(s)}</td>"
             f"<td style='{_TD}text-align:right;min-width:8ch;color:{_DIM}'>{t:.1f} s</td></tr>"
             for r, s, t in self._rows()
         )
@@ -169,6 +171,10 @@ _TABLE = ("font-family:var(--jp-code-font-family, monospace);font-size:90%;margi
 _TD = "padding:1px .8em 1px 0;border:none;background:transparent;white-space:nowrap;"
 _STATE_COLORS = {"running": "var(--jp-brand-color1, #1976d2)", "exited 0": "var(--jp-success-color1, #388e3c)",
                  "failed": "var(--jp-error-color1, #d32f2f)"}
+
+
+def _row_style(text: str) -> str:
+    return " style='background:var(--jp-rendermime-error-background, #fdd)'" if text.startswith("failed") else ""
 
 
 def _state_color(text: str) -> str:

@@ -36,7 +36,7 @@ class Panel:
         self.touched: dict = {}  # field -> value the user set (valid or not)
         self.error: Optional[str] = None
         self._syncing = False
-        style = {"description_width": "110px"}
+        style = {"description_width": "130px"}  # 110px cut "namespace (k8s)" to "namespace (k..." in JupyterLab
         self.nnodes = W.Text(description="nnodes", placeholder='N or "MIN:MAX"', style=style)
         self.nproc_per_node = W.IntText(description="nproc_per_node", style=style)
         self.max_restarts = W.IntText(description="max_restarts", style=style)
