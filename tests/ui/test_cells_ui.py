@@ -68,7 +68,9 @@ def type_into(field, text):
 
 
 def panel_message(cell):
-    return cell.find_element("css selector", ".widget-html-content span").text
+    # read in one step: the HTML widget replaces its span on every change (an element found first can go stale)
+    return cell.parent.execute_script(
+        "const s = arguments[0].querySelector('.widget-html-content span'); return s ? s.innerText : ''", cell)
 
 
 def test_widget_panel_sets_the_next_cells_ranks_and_shows_a_bad_value_in_one_line(browser, nb, shot):
