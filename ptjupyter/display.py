@@ -125,15 +125,26 @@ class CellSink:
         return rows
 
     def _bundle(self) -> dict:
-        rows = self._rows()
-        cells = "".join(
-            f"<td style='padding:0 .8em 0 0'><b>{self.name(r)}</b> {html.escape(s)} "
-            f"<span style='color:#888'>{t:.1f} s</span></td>"
-            for r, s, t in rows
+        """One table row per rank (name, state, seconds), so 8 ranks stay inside the cell's width.
+
+        The state's colour is a bar beside its text (red text failed WCAG contrast on JupyterLab's dark
+        theme), a failed rank's row has the error background; colours are JupyterLab's theme variables,
+        with fallbacks for front ends that do not define them; every row exists from the start and the columns have fixed
+        widths, so the table keeps its size while it is updated in place.
+        """
+        rows = "".join(
+            f"<tr data-rank='{r}'{_row_style(s)}><td style='{_TD}text-align:left'><b>{html.escape(self.name(r))}</b></td>"
+            f"<td style='{_TD}text-align:left;min-width:22ch;border-left:3px solid {_state_color(s)};"
+            f"padding-left:.5em'>{html.escape(s)}</td>"
+            f"<td style='{_TD}text-align:right;min-width:8ch;color:{_DIM}'>{t:.1f} s</td></tr>"
+            for r, s, t in self._rows()
         )
-        head = html.escape(self.label) + (": " + html.escape(self.outcome) if self.outcome and self.outcome != "ok" else "")
-        return {"text/html": f"<table style='font-family:monospace;font-size:90%'><tr><td style='padding:0 1em 0 0'>"
-                             f"{head}</td>{cells}</tr></table>"}
+        head = html.escape(self.label)
+        if self.outcome and self.outcome != "ok":
+            head += ": " + html.escape(self.outcome)
+        return {"text/html": f"<table class='ptjupyter-status' style='{_TABLE}'><thead><tr>"
+                             f"<th colspan='3' style='{_TD}text-align:left;font-weight:normal;color:{_DIM}'>{head}</th>"
+                             f"</tr></thead><tbody>{rows}</tbody></table>"}
 
     def _refresh(self, force: bool = False):
         if self._handle is None:
@@ -151,3 +162,20 @@ class CellSink:
         while not self._stop.wait(self.TICK):
             self._dirty = True
             self._refresh()
+
+
+# the status table's look: JupyterLab's theme variables first (light and dark), plain colours elsewhere
+_DIM = "var(--jp-ui-font-color2, #616161)"
+_TABLE = ("font-family:var(--jp-code-font-family, monospace);font-size:90%;margin:0 0 .3em 0;border-collapse:collapse;"
+          "table-layout:auto;font-variant-numeric:tabular-nums;color:var(--jp-ui-font-color1, inherit)")
+_TD = "padding:1px .8em 1px 0;border:none;background:transparent;white-space:nowrap;"
+_STATE_COLORS = {"running": "var(--jp-brand-color1, #1976d2)", "exited 0": "var(--jp-success-color1, #388e3c)",
+                 "failed": "var(--jp-error-color1, #d32f2f)"}
+
+
+def _row_style(text: str) -> str:
+    return " style='background:var(--jp-rendermime-error-background, #fdd)'" if text.startswith("failed") else ""
+
+
+def _state_color(text: str) -> str:
+    return next((c for s, c in _STATE_COLORS.items() if text.startswith(s)), _DIM)

@@ -36,7 +36,7 @@ class Panel:
         self.touched: dict = {}  # field -> value the user set (valid or not)
         self.error: Optional[str] = None
         self._syncing = False
-        style = {"description_width": "110px"}
+        style = {"description_width": "130px"}  # 110px cut "namespace (k8s)" to "namespace (k..." in JupyterLab
         self.nnodes = W.Text(description="nnodes", placeholder='N or "MIN:MAX"', style=style)
         self.nproc_per_node = W.IntText(description="nproc_per_node", style=style)
         self.max_restarts = W.IntText(description="max_restarts", style=style)
@@ -128,8 +128,10 @@ class Panel:
         return ", ".join(f"{k}={v!r}" for k, v in sorted(values.items())) or "none (%config and Elastic defaults)"
 
     def _show(self):
-        color = "#c00" if self.error else "#555"
-        self.message.value = f"<span style='color:{color};font-family:monospace'>{html.escape(self.text())}</span>"
+        # JupyterLab's theme colours (fixed #555/#c00 all but vanished on its dark theme), plain ones elsewhere
+        color = "var(--jp-error-color1, #c62828)" if self.error else "var(--jp-ui-font-color1, #424242)"
+        self.message.value = (f"<span style='color:{color};font-family:var(--jp-code-font-family, monospace);"
+                              f"white-space:normal'>{html.escape(self.text())}</span>")
 
     # -- display
     def _repr_mimebundle_(self, **kwargs):
