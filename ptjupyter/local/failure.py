@@ -15,7 +15,9 @@ _PEER_LOSS = ("closed by peer", "reset by peer", "Broken pipe", "ECONNRESET", "S
 
 
 def _bad(w) -> bool:
-    return (w.exitcode not in (0, None)) or bool(w.fault) or bool(w.record and w.record.get("kind") != "ok")
+    if w.record and w.record.get("kind") == "ok":
+        return False  # it finished the function: a signal after that is the agent's teardown
+    return (w.exitcode not in (0, None)) or bool(w.fault) or bool(w.record)
 
 
 def _when(w) -> float:

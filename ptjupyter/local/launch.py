@@ -345,7 +345,7 @@ class _quiet_torch:
         if logger.isEnabledFor(logging.DEBUG):
             return self
         for name in list(logging.root.manager.loggerDict):
-            if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")):
                 lg = logging.getLogger(name)
                 self.saved[name] = lg.level
                 lg.setLevel(logging.CRITICAL + 1)

@@ -58,3 +58,9 @@ def test_only_the_last_attempt_counts():
 def test_torch_report_when_no_worker_says_why():
     e = first_failure([], {1: (-6, "<N/A>"), 0: (1, "torch said so")})
     assert (e.rank, e.exitcode, e.traceback_text) == (0, 1, "torch said so")
+
+
+def test_a_rank_that_finished_is_not_listed_as_failed_when_the_teardown_signals_it():
+    e = first_failure([worker(0, -15, record={"kind": "ok", "code": 0, "time": 1.0}),
+                       worker(1, 1, record=exc(2.0, "OSError: [Errno 98] Address already in use\n"))], {})
+    assert (e.rank, e.others) == (1, {})
