@@ -102,6 +102,9 @@ class PytorchElastic(Magics):
     @argument("--timeout", type=float, metavar="S", help="Stop every rank after S seconds (a rank stuck at a "
                                                          "barrier never hangs the notebook).")
     @argument("--fresh", action="store_true", default=None, help="Start new worker processes (no warm start-up).")
+    @argument("--session", action="store_true", default=None,
+              help="Run the cell on the session's ranks (%%pytorch_elastic_session start), in each rank's "
+                   "persistent namespace: names the cell assigns stay there for later session cells.")
     @argument("--image", help="k8s: container image.")
     @argument("--namespace", help="k8s: namespace (default: the kubeconfig context's).")
     @argument("--context", help="k8s: kubeconfig context.")
@@ -146,7 +149,7 @@ class PytorchElastic(Magics):
             "nnodes": args.nnodes, "nproc_per_node": args.nproc_per_node, "max_restarts": args.max_restarts,
             "start_method": args.start_method, "target": args.target, "image": args.image,
             "namespace": args.namespace, "context": args.context, "job_name": args.job_name,
-            "timeout": args.timeout, "fresh": args.fresh, "detach": args.detach,
+            "timeout": args.timeout, "fresh": args.fresh, "detach": args.detach, "session": args.session,
         }))
         return run_cell(self.shell, cell, line, self.resolve_layers(tuple(extra)), out=args.out,
                         rank0_only=self.rank0_only if args.rank0_only is None else args.rank0_only,
@@ -193,6 +196,9 @@ def load_ipython_extension(ip) -> PytorchElastic:
     if inst is None:
         inst = PytorchElastic(shell=ip)
         ip.register_magics(inst)
+        from .session.magic import SessionMagics
+
+        ip.register_magics(SessionMagics(shell=ip, elastic=inst))
         _register_k8s_jobs_magic(ip)
         if inst.prewarm and os.environ.get("PTJUPYTER_PREWARM", "1").lower() not in ("0", "false", "no", "off"):
             _prewarm()
@@ -205,6 +211,8 @@ def unload_ipython_extension(ip) -> None:
         return
     mm = ip.magics_manager
     mm.registry.pop("PytorchElastic", None)
+    mm.registry.pop("SessionMagics", None)
+    mm.magics["line"].pop("pytorch_elastic_session", None)
     mm.magics["cell"].pop("pytorch_elastic", None)
     mm.magics["line"].pop("pytorch_elastic_widgets", None)
     mm.magics["line"].pop("pytorch_elastic_jobs", None)
