@@ -27,7 +27,10 @@ class LocalRanks:
     """Start, watch and stop the rank processes of one session."""
 
     def __init__(self, plan):
-        self.plan = plan
+        import dataclasses
+
+        # a restarted rank would be a new process without the namespace: a death breaks the session instead
+        self.plan = dataclasses.replace(plan, max_restarts=0)
         self.pids: dict[int, int] = {}  # rank -> pid, from the ranks' "ready"
         self.error: Optional[BaseException] = None  # what the agent thread ended with
         self.thread: Optional[threading.Thread] = None
