@@ -48,6 +48,7 @@ class CapturedCell:
     code: str = ""  # the cell after IPython's transform_cell
     assigned: tuple = ()  # names the cell binds (they stay on the workers)
     quiet: bool = False  # the cell ends with ';': its value is not displayed (but --out still gets it)
+    tree: Any = None  # the module defining the cell's function (a session runs it in the rank's namespace)
     warnings: list = field(default_factory=list)
 
     def describe(self) -> str:
@@ -320,7 +321,7 @@ def capture_cell(
     fn = _runner(module, CELL_FILENAME, lines, names)
     return CapturedCell(
         fn=fn, names=names, sizes=sizes, source=source, code=code,
-        assigned=tuple(sorted(local_names)), warnings=warnings_out, quiet=quiet,
+        assigned=tuple(sorted(local_names)), warnings=warnings_out, quiet=quiet, tree=module,
     )
 
 

@@ -113,6 +113,12 @@ def _sink(shell, plan, *, rank0_only: bool, status: str):
     from .display import CellSink, status_mode
 
     mode = status_mode(status, shell)
+    if plan.mode is Mode.SESSION:
+        from .session import current
+        from .session.sink import SessionSink
+
+        s = current()
+        return SessionSink(s.world_size if s else plan.nproc_per_node, rank0_only=rank0_only, status=mode)
     if plan.mode in (Mode.POD, Mode.PYTORCHJOB):  # the k8s follower reports per pod: index 0..max_nodes-1
         master = isinstance(plan.config, PyTorch)
         return CellSink(plan.max_nodes, rank0_only=rank0_only, status=mode, unit="pod",
@@ -127,11 +133,21 @@ def _execute(shell, plan, captured, *, rank0_only: bool, status: str):
 
     if plan.mode is Mode.DIRECT:  # a plain call: the cell's own output and exceptions, no status line
         return execute(plan, captured.fn)
-    on_cluster = plan.mode in (Mode.POD, Mode.PYTORCHJOB)
+    on_cluster, in_session = plan.mode in (Mode.POD, Mode.PYTORCHJOB), plan.mode is Mode.SESSION
+    fn = captured.fn
+    if in_session:
+        from . import session
+
+        if session.current() is None:
+            raise session.NoSession()
+        fn = session.cell_function(captured)
     sink = _sink(shell, plan, rank0_only=rank0_only, status=status).start()
     try:
-        result = execute(plan, captured.fn, sink=sink, shipped=dict(captured.names))
-    except KeyboardInterrupt:
+        result = execute(plan, fn, sink=sink, shipped=dict(captured.names))
+    except KeyboardInterrupt as e:
+        if in_session:  # the ranks left the cell and keep their state
+            sink.finish("interrupted; the ranks are idle with their state")
+            raise KeyboardInterrupt(str(e)) from None
         if on_cluster:  # following stopped; the job itself keeps running
             sink.finish("interrupted; stopped following, the job keeps running")
             raise KeyboardInterrupt("stopped following; the job keeps running") from None

@@ -4,7 +4,8 @@ The magic, the flytekit tasks (and sessions) call it; nothing else picks a runne
 
 - ``DIRECT``: :func:`ptjupyter.local.direct.call`, a plain call in this process;
 - ``ELASTIC``: :func:`ptjupyter.local.launch.launch`, torch's elastic launch on this machine;
-- ``POD`` / ``PYTORCHJOB``: :func:`ptjupyter.k8s.run`, submitted to Kubernetes and followed.
+- ``POD`` / ``PYTORCHJOB``: :func:`ptjupyter.k8s.run`, submitted to Kubernetes and followed;
+- ``SESSION``: :func:`ptjupyter.session.run`, on the kernel's persistent session ranks.
 
 ``plan.timeout``, ``plan.fresh`` and ``plan.detach`` say how this run goes; :func:`ptjupyter.plan.resolve`
 has already dropped (with a note) those that do not apply to the mode.
@@ -40,6 +41,10 @@ def execute(plan: Plan, fn: Callable, args=(), kwargs=None, *, sink=None,
         from .local.launch import launch
 
         return launch(plan, fn, args, kwargs, sink=sink)
+    if plan.mode is Mode.SESSION:
+        from . import session
+
+        return session.run(plan, fn, args, kwargs, sink=sink)
     from . import k8s
 
     if args or kwargs:

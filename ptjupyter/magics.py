@@ -103,6 +103,9 @@ class PytorchElastic(Magics):
     @argument("--timeout", type=float, metavar="S", help="Stop every rank after S seconds (a rank stuck at a "
                                                          "barrier never hangs the notebook).")
     @argument("--fresh", action="store_true", default=None, help="Start new worker processes (no warm start-up).")
+    @argument("--session", action="store_true", default=None,
+              help="Run the cell on the session's ranks (%%pytorch_elastic_session start), in each rank's "
+                   "persistent namespace: names the cell assigns stay there for later session cells.")
     @argument("--image", help="k8s: container image.")
     @argument("--namespace", help="k8s: namespace (default: the kubeconfig context's).")
     @argument("--context", help="k8s: kubeconfig context.")
@@ -147,7 +150,7 @@ class PytorchElastic(Magics):
             "nnodes": args.nnodes, "nproc_per_node": args.nproc_per_node, "max_restarts": args.max_restarts,
             "start_method": args.start_method, "target": args.target, "image": args.image,
             "namespace": args.namespace, "context": args.context, "job_name": args.job_name,
-            "timeout": args.timeout, "fresh": args.fresh, "detach": args.detach,
+            "timeout": args.timeout, "fresh": args.fresh, "detach": args.detach, "session": args.session,
         }))
         return run_cell(self.shell, cell, line, self.resolve_layers(tuple(extra)), out=args.out,
                         rank0_only=self.rank0_only if args.rank0_only is None else args.rank0_only,
@@ -195,8 +198,10 @@ def load_ipython_extension(ip) -> PytorchElastic:
         inst = PytorchElastic(shell=ip)
         ip.register_magics(inst)
         from .k8s.magic import PytorchElasticJobs  # light: kubernetes is imported only when a job command runs
+        from .session.magic import SessionMagics
 
         ip.register_magics(PytorchElasticJobs)
+        ip.register_magics(SessionMagics(shell=ip, elastic=inst))
         if inst.prewarm and os.environ.get("PTJUPYTER_PREWARM", "1").lower() not in ("0", "false", "no", "off"):
             _prewarm()
     return inst
@@ -209,6 +214,8 @@ def unload_ipython_extension(ip) -> None:
     mm = ip.magics_manager
     mm.registry.pop("PytorchElastic", None)
     mm.registry.pop("PytorchElasticJobs", None)
+    mm.registry.pop("SessionMagics", None)
+    mm.magics["line"].pop("pytorch_elastic_session", None)
     mm.magics["cell"].pop("pytorch_elastic", None)
     mm.magics["line"].pop("pytorch_elastic_widgets", None)
     mm.magics["line"].pop("pytorch_elastic_jobs", None)

@@ -29,18 +29,7 @@ LOCAL_MONITOR_INTERVAL = 0.1  # seconds; the end of a local run must be noticed 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (a kernel or pytest swaps it per cell/test)."""
 
-    def __init__(self):
-        super().__init__()
-
-    @property
-    def stream(self):
-        import sys
-
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
+    stream = property(lambda self: __import__("sys").stderr, lambda self, value: None)
 
 
 def set_debug(on: bool = True) -> None:
@@ -63,6 +52,7 @@ class Mode(str, Enum):
     ELASTIC = "elastic"  # one node, several processes: torch's elastic_launch here
     POD = "pod"  # Kubernetes, one node: a plain batch/v1 Job whose pod runs DIRECT or ELASTIC
     PYTORCHJOB = "pytorchjob"  # Kubernetes, several nodes: a Kubeflow PyTorchJob
+    SESSION = "session"  # the persistent ranks of this kernel's session (ptjupyter.session)
 
 
 class Rendezvous(str, Enum):
@@ -141,8 +131,9 @@ class K8sOptions:
 
 K8S_KEYS = tuple(f.name for f in dataclasses.fields(K8sOptions))
 ELASTIC_KEYS = ("nnodes", "nproc_per_node", "start_method", "monitor_interval", "max_restarts", "rdzv_configs")
-RUN_KEYS = ("timeout", "fresh", "detach")  # how this one run goes, not what the job is
-OVERRIDE_KEYS = ("target", "rdzv_backend") + ELASTIC_KEYS + K8S_KEYS + RUN_KEYS
+RUN_KEYS = ("timeout", "fresh", "detach", "session")  # how this one run goes, not what the job is
+OVERRIDE_KEYS = ("target", "rdzv_backend", "backend") + ELASTIC_KEYS + K8S_KEYS + RUN_KEYS
+BACKENDS = ("auto", "gloo", "nccl")  # a session's process group; auto: nccl with a GPU, else gloo
 RDZV_BACKENDS = ("c10d", "static", "etcd", "etcd-v2")
 _LOCAL_ONLY = ("timeout", "fresh")  # a cluster job has its own deadline (RunPolicy) and starts its own processes
 _K8S_ONLY = ("detach",)
@@ -175,12 +166,17 @@ class Plan:
     timeout: Optional[float] = None  # seconds, then every local rank is stopped
     fresh: bool = False  # local: plain spawn instead of the warm forkserver
     detach: bool = False  # k8s: return once submitted
+    backend: str = "auto"  # session: the process group's backend (gloo, nccl, auto)
     warnings: tuple = ()
 
     @property
     def world_size(self) -> int:
         """Processes in the largest group the plan allows."""
         return self.max_nodes * self.nproc_per_node
+
+    @property
+    def session(self) -> bool:  # the cell runs on this kernel's persistent session ranks
+        return self.mode is Mode.SESSION
 
     @property
     def node_mode(self) -> Mode:
@@ -193,8 +189,10 @@ class Plan:
         for key in ("nnodes", "nproc_per_node", "start_method", "max_restarts", "monitor_interval", "rdzv_backend"):
             value = f"{self.min_nodes}:{self.max_nodes}" if key == "nnodes" else getattr(self, key)
             rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
-        if self.rendezvous is Rendezvous.POD_ENV:
-            rows.append(f"rendezvous: {self.rendezvous.value}  [{self.sources.get('rendezvous', 'default')}]")
+        for key, value in (("backend", self.backend if self.session else None),
+                           ("rendezvous", self.rendezvous.value if self.rendezvous is Rendezvous.POD_ENV else None)):
+            if value is not None:
+                rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
         if self.target == "k8s":
             for key in ("image", "namespace", "context", "job_name"):
                 value = getattr(self.k8s, key)
@@ -225,7 +223,7 @@ def resolve(
     """Resolve ``config`` (default ``Elastic()``) and ``layers`` (lowest precedence first) into a Plan.
 
     This is the one function that decides the execution mode and every fact that follows from it:
-
+    - ``session=True`` (local, one node) -> ``SESSION``: the cell runs on this kernel's persistent ranks;
     - local, world size 1 -> ``DIRECT``; local, one node, several processes -> ``ELASTIC``;
     - local, several nodes -> an error (say ``--target k8s``), unless the torch elastic environment
       of a PyTorchJob pod (``PET_NNODES``) is present, then ``ELASTIC`` with the operator's rendezvous;
@@ -236,18 +234,17 @@ def resolve(
     Kubernetes, ``detach`` locally) are dropped with a one-line note in ``plan.warnings``.
     """
     env = os.environ if env is None else env
-    if config is None:
-        config = Elastic()
+    config = Elastic() if config is None else config
     if not isinstance(config, (Elastic, PyTorch)):
         raise InvalidType(f"config={config!r} is not accepted; expected a ptjupyter.Elastic or ptjupyter.PyTorch")
     base_source = "Elastic default" if config == Elastic() else f"{type(config).__name__} config"
     sources: dict[str, str] = {k: base_source for k in ELASTIC_KEYS}
     explicit = set(given_fields(config))  # keys someone set, even to the default value
     elastic_values = _config_fields(config) if isinstance(config, Elastic) else {}
-    other: dict[str, Any] = {"target": target or "local", "rdzv_backend": "c10d"}
+    other: dict[str, Any] = {"target": target or "local", "rdzv_backend": "c10d", "backend": "auto"}
     run: dict[str, Any] = {}
     sources["target"] = "argument" if target else "default"
-    sources["rdzv_backend"] = "default"
+    sources["rdzv_backend"] = sources["backend"] = "default"
     config_level = -1
     for level, layer in enumerate(layers):
         if isinstance(layer.values, (Elastic, PyTorch)):
@@ -286,6 +283,8 @@ def resolve(
             f"rdzv_backend={rdzv_backend!r} (from {sources['rdzv_backend']}) is not accepted; expected one of "
             f"{', '.join(RDZV_BACKENDS)}"
         )
+    if (backend := other.pop("backend")) not in BACKENDS:
+        raise InvalidValue(f"backend={backend!r} (from {sources['backend']}) is not accepted; expected {', '.join(BACKENDS)}")
     _check_run_options(run, sources)
     try:
         k8s = K8sOptions(**other)
@@ -307,14 +306,17 @@ def resolve(
         min_nodes = max_nodes = 1 + config.replicas
         nproc, start_method, max_restarts, monitor_interval, rdzv_configs = 1, "spawn", 0, 1.0, {}
 
-    rdzv_endpoint = "127.0.0.1:0"  # port 0: the agent's TCPStore takes a free port, no race
-    rendezvous = Rendezvous.LOOPBACK
-    run_id = None
+    rdzv_endpoint, rendezvous, run_id = "127.0.0.1:0", Rendezvous.LOOPBACK, None  # port 0: a free port, no race
+    if run.get("session") and (target == "k8s" or isinstance(config, PyTorch) or max_nodes > 1):
+        raise InvalidValue(f"session=True (from {sources['session']}) is not accepted with target={target!r} and "
+                           f"{max_nodes} node(s): a session's ranks run on this machine; use target='local', nnodes=1")
     if target == "k8s":
         if isinstance(config, PyTorch) or max_nodes > 1:
             mode = Mode.PYTORCHJOB
         else:
             mode = Mode.POD
+    elif run.get("session"):
+        mode = Mode.SESSION
     elif isinstance(config, PyTorch):
         mode = Mode.DIRECT
     elif "PET_NNODES" in env:
@@ -338,14 +340,13 @@ def resolve(
     else:
         mode = Mode.ELASTIC
 
-    if mode is Mode.ELASTIC and start_method == "fork" and target == "local" and _cuda_initialized():
+    if mode in (Mode.ELASTIC, Mode.SESSION) and start_method == "fork" and target == "local" and _cuda_initialized():
         raise InvalidValue(
             "start_method='fork' is not accepted: CUDA is already initialised in this process and forked workers "
             "cannot use it; use start_method='spawn' (the default) or 'forkserver', or restart the kernel"
         )
 
-    if target == "local" and "monitor_interval" not in explicit:
-        # the plugin's 5 s default only delays noticing the end of a run by up to 5 s: poll fast locally
+    if target == "local" and "monitor_interval" not in explicit:  # the plugin's 5 s only delays noticing the end
         monitor_interval = LOCAL_MONITOR_INTERVAL
         sources["monitor_interval"] += f" {ELASTIC_DEFAULT_MONITOR_INTERVAL} s -> local {LOCAL_MONITOR_INTERVAL} s"
 
@@ -363,7 +364,8 @@ def resolve(
         start_method=start_method, max_restarts=max_restarts, monitor_interval=monitor_interval,
         rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_configs=rdzv_configs, k8s=k8s,
         sources=dict(sources), run_id=run_id, rendezvous=rendezvous, timeout=run.get("timeout"),
-        fresh=bool(run.get("fresh", False)), detach=bool(run.get("detach", False)), warnings=tuple(notes),
+        fresh=bool(run.get("fresh", False)), detach=bool(run.get("detach", False)), backend=backend,
+        warnings=tuple(notes),
     )
     if logger.isEnabledFor(logging.DEBUG):
         nn = getattr(config, "nnodes", f"1+{min_nodes - 1}")
@@ -387,14 +389,12 @@ def _check_run_options(run: dict, sources: Mapping[str, str]) -> None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
         raise InvalidValue(f"timeout={timeout!r} (from {sources['timeout']}) is not accepted; expected a number of "
                            "seconds > 0 or None")
-    for key in ("fresh", "detach"):
+    for key in ("fresh", "detach", "session"):
         if key in run and not isinstance(run[key], bool):
             raise InvalidType(f"{key}={run[key]!r} (from {sources[key]}) is not accepted; expected True or False")
 
 
 def _cuda_initialized() -> bool:
     """True when this process has a CUDA context; never initialises one (or imports torch) itself."""
-    import sys
-
-    torch = sys.modules.get("torch")
+    torch = __import__("sys").modules.get("torch")
     return bool(torch is not None and hasattr(torch, "cuda") and torch.cuda.is_initialized())

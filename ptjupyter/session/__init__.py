@@ -1,0 +1,83 @@
+"""Persistent rank sessions: ranks started once, whose namespaces and process group live across cells.
+
+``%pytorch_elastic_session start`` (:mod:`.magic`) -> :func:`start` -> a :class:`~.core.Session`
+(this kernel's only one); ``%%pytorch_elastic --session`` -> ``resolve()`` gives ``Mode.SESSION`` ->
+:func:`ptjupyter.execute.execute` -> :func:`run`. Modules: ``core`` (the session and its states),
+``channel`` (ZeroMQ, signed messages), ``rank`` (what each rank runs), ``local`` (ranks as processes on
+this machine, started by torch's elastic agent), ``errors``, ``sink`` (what a session cell shows),
+``magic`` (the line magic). Importing this package imports neither torch nor zmq.
+"""
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any, Callable, Optional
+
+from ..plan import Mode
+from .errors import NoSession, SessionRunning
+
+__all__ = ["current", "start", "stop", "run", "cell_function", "NoSession", "SessionRunning"]
+
+_lock = threading.Lock()
+_session = None  # one per process: its ranks are this process's children, whoever asks
+
+
+def current():
+    """The running (or broken) session of this kernel, or None."""
+    return _session if _session is not None and _session.state != "stopped" else None
+
+
+def start(plan):
+    """Start the kernel's session as ``plan`` (``Mode.SESSION``) says; a second one is refused."""
+    global _session
+    from .core import Session
+
+    assert plan.mode is Mode.SESSION, plan.mode
+    with _lock:
+        running = current()
+        if running is not None:
+            raise SessionRunning(f"{running.world_size} ranks, {running.state}")
+        _session = Session(plan).start()
+    return _session
+
+
+def stop() -> bool:
+    """Stop the session (every rank process ends); False when there was none."""
+    global _session
+    with _lock:
+        s, _session = _session, None
+    if s is None or s.state == "stopped":
+        return False
+    s.stop()
+    return True
+
+
+atexit.register(stop)  # a kernel that exits normally stops its ranks (they die with it anyway)
+
+
+def run(plan, fn: Callable, args=(), kwargs=None, *, sink=None) -> Any:
+    """Run ``fn`` on the session's ranks (``execute()``'s ``Mode.SESSION``); rank 0's value."""
+    __tracebackhide__ = True  # noqa: F841
+    s = current()
+    if s is None:
+        raise NoSession()
+    if plan.nproc_per_node != s.world_size and plan.nproc_per_node != 1:
+        import sys
+
+        print(f"Warning: nproc_per_node={plan.nproc_per_node} does not apply to a session cell: the session has "
+              f"{s.world_size} ranks (restart it to change that)", file=sys.stderr, flush=True)
+    return s.run(fn, args, kwargs, sink=sink, timeout=plan.timeout)
+
+
+def cell_function(captured) -> Optional[Any]:
+    """A captured cell as the ranks run it: in their namespaces, shipping only the notebook names they lack."""
+    from .rank import InNamespace
+
+    s = current()
+    if s is not None:
+        s.check()  # a broken session refuses before the cell shows anything
+    held = s.names if s is not None else set()
+    names = {n: v for n, v in captured.names.items() if n not in held}
+    if s is not None:
+        s.names.update(captured.assigned)
+    return InNamespace(captured.tree, "<pytorch_elastic cell>", captured.code.splitlines(True), names)
