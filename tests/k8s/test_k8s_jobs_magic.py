@@ -82,8 +82,9 @@ def test_load_ext_registers_the_jobs_magics_class_and_unload_removes_it(shell):
     from ptjupyter.magics import load_ipython_extension, unload_ipython_extension
 
     ip = InteractiveShell.instance()
+    load_ipython_extension(ip)
     unload_ipython_extension(ip)
-    assert ip.find_line_magic("pytorch_elastic_jobs") is None
+    assert ip.find_line_magic("pytorch_elastic_jobs") is None and "PytorchElasticJobs" not in ip.magics_manager.registry
     load_ipython_extension(ip)
     assert isinstance(ip.magics_manager.registry["PytorchElasticJobs"], PytorchElasticJobs)
     assert ip.find_line_magic("pytorch_elastic_jobs") is not None
