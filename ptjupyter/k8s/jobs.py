@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse(line: str) -> argparse.Namespace:
     """The subcommand and options of ``line``; ``ptjupyter.usage.OptionError`` (one line) when not accepted."""
-    from ..plan import K8sOptions
+    from ..cluster import K8sOptions
     from ..usage import OptionError
 
     try:

@@ -14,9 +14,10 @@ import re
 import secrets
 from typing import Any, Mapping, Optional
 
+from ..cluster import QUANTITY
 from ..config import Elastic, PyTorch, RestartPolicy
 from ..errors import InvalidValue
-from ..plan import _QUANTITY, Mode, Plan
+from ..plan import Mode, Plan
 
 __all__ = [
     "PAYLOAD_DIR", "CONTAINER", "LABEL_MANAGED", "LABEL_JOB", "ANNOTATION_NONCE", "new_job_name",
@@ -84,7 +85,7 @@ def _resources(owner: str, value: Any) -> dict:
         if v is None:
             continue
         s = str(v)
-        if not _QUANTITY.match(s):
+        if not QUANTITY.match(s):
             raise InvalidValue(f"{owner}[{key!r}]={v!r} is not accepted; expected a Kubernetes quantity such as '500m', '2', '4Gi'")
         out[_RESOURCE_NAMES.get(key, key)] = s
     return out
