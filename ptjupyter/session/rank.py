@@ -6,14 +6,13 @@ leaves a record of how it ended). It calls ``init_process_group`` once, answers 
 runs commands in the rank's *persistent* namespace: ``run`` (a cell or a function), ``pull`` (a
 value, GPU tensors moved to CPU), ``push`` (values into the namespace), ``status``, ``stop``.
 ``interrupt`` (from the command thread) raises ``KeyboardInterrupt`` in the running cell only; an
-idle rank ignores it. Python-level ``print`` output goes to the kernel over the channel, line by
-line, before the cell's result. Needs only the channel's addresses and key: nothing here assumes
-that the kernel is on this machine.
+idle rank ignores it. Output written to fds 1 and 2 (``print``, C code, subprocesses) goes to the
+kernel over the channel (:mod:`.output`), all of it before the cell's result. Needs only the
+channel's addresses and key: nothing here assumes that the kernel is on this machine.
 """
 from __future__ import annotations
 
 import builtins
-import io
 import linecache
 import os
 import queue
@@ -42,31 +41,6 @@ class InNamespace:
 
     def __call__(self):  # outside a session: a plain function with a namespace of its own
         return self.run({"__name__": "__main__", "__builtins__": builtins})
-
-
-class _Stream(io.TextIOBase):
-    """sys.stdout/sys.stderr of a rank: complete lines go to the kernel at once, the rest on flush."""
-
-    def __init__(self, chan, rank: int, name: str):
-        self.chan, self.rank, self.name, self.buf = chan, rank, name, ""
-        self._lock = threading.Lock()
-
-    def writable(self):
-        return True
-
-    def write(self, s: str) -> int:
-        with self._lock:
-            self.buf += s
-            if "\n" in self.buf:
-                text, self.buf = self.buf.rsplit("\n", 1)
-                self.chan.send("out", {"rank": self.rank, "stream": self.name, "text": text})
-        return len(s)
-
-    def flush(self) -> None:
-        with self._lock:
-            if self.buf:
-                self.chan.send("out", {"rank": self.rank, "stream": self.name, "text": self.buf})
-                self.buf = ""
 
 
 class _Rank:
@@ -115,8 +89,11 @@ class _Rank:
 
     # -- the main thread
     def serve(self) -> None:
-        sys.stdout = _Stream(self.chan, self.rank, "stdout")
-        sys.stderr = _Stream(self.chan, self.rank, "stderr")
+        from .output import Output
+
+        self.output = Output(lambda stream, text: self.chan.send("out", {"rank": self.rank, "stream": stream,
+                                                                         "text": text}))
+        self.output.install()
         error = None
         try:
             import torch.distributed as dist
@@ -189,11 +166,9 @@ class _Rank:
         return {"value": cloudpickle.dumps(_to_cpu(value) if cpu else value)}
 
     def _flush(self) -> None:
-        for s in (sys.stdout, sys.stderr):
-            try:
-                s.flush()
-            except Exception:  # noqa: BLE001 - a stream a cell replaced and closed
-                pass
+        output = getattr(self, "output", None)
+        if output is not None:
+            output.flush()
 
 
 def _to_cpu(value):

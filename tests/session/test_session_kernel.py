@@ -108,6 +108,21 @@ def test_exception_fails_the_cell_and_keeps_the_state(kernel):
     assert after == before
 
 
+def test_fd_level_and_subprocess_output_reaches_the_cell_in_order(kernel):
+    content, msgs = kernel.run(S + "import os, subprocess, sys\nprint('py-a')\nos.write(1, b'fd-b\\n')\n"
+                               "subprocess.run(['echo', 'sub-c'])\nprint('py-d')\n"
+                               "subprocess.run('echo err-e >&2', shell=True)\n"
+                               "import ctypes\nctypes.CDLL(None).printf(b'printf-f\\n')\nNone")
+    assert content["status"] == "ok", content
+    out, err = stream_text(msgs), stream_text(msgs, "stderr")
+    assert "[rank0] err-e" in err and "[rank1] err-e" in err, err
+    for r in (0, 1):
+        lines = [line for line in out.splitlines() if line.startswith(f"[rank{r}] ")]
+        assert lines == [f"[rank{r}] {t}" for t in ("py-a", "fd-b", "sub-c", "py-d", "printf-f")], out
+    content, msgs = kernel.run(S + "None")
+    assert "err-e" not in stream_text(msgs)  # every line came with its own cell
+
+
 def test_interrupt_during_sleep_keeps_the_session(kernel):
     msg_id = submit_and_wait_for(kernel, S + "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n",
                                  "] sleeping")
