@@ -33,7 +33,8 @@ from .rdzv import register as register_rdzv
 from .relay import PrintSink, Relay
 from .ship import ship
 
-__all__ = ["launch", "PrintSink"]
+__all__ = ["launch", "PrintSink", "Launch", "RUN_DIR_PREFIX", "remove_stale_run_dirs", "drop_frames", "no_main_reimport",
+           "quiet_torch"]
 
 logger = logging.getLogger("ptjupyter")
 PREFIX = "[PYTORCH_ELASTIC]"
@@ -51,11 +52,11 @@ def launch(plan, fn: Callable, args=(), kwargs=None, *, sink=None) -> Any:
     """
     assert plan.mode is Mode.ELASTIC, plan.mode  # execute() dispatches on the mode
     with _ONE_RUN:  # runs in one process take turns: each owns SIGINT and sweeps its workers
-        return _Launch(plan, fn, tuple(args), dict(kwargs or {}), sink or PrintSink()).run()
+        return Launch(plan, fn, tuple(args), dict(kwargs or {}), sink or PrintSink()).run()
 
 
 # -- elastic launch -------------------------------------------------------------------------------
-class _Launch:
+class Launch:
     def __init__(self, plan, fn, args, kwargs, sink):
         self.plan, self.fn, self.args, self.kwargs, self.sink = plan, fn, args, kwargs, sink
         self.timeout, self.fresh = plan.timeout, plan.fresh
@@ -85,7 +86,7 @@ class _Launch:
             if method == "forkserver" and not warm.wait_ready(60):
                 logger.warning("ptjupyter: the warm forkserver did not start; using spawn")
                 method = "spawn"
-        _remove_stale_run_dirs()
+        remove_stale_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
         try:
             config = self.launch_config(method)
@@ -109,7 +110,7 @@ class _Launch:
                 guard.arm()
                 self.relay.start()
                 # torch's launcher sets TORCHELASTIC_SIGNALS_TO_HANDLE for the run and leaves it set
-                with overridden(TORCHELASTIC_SIGNALS_TO_HANDLE=None), _quiet_torch(), _no_main_reimport():
+                with overridden(TORCHELASTIC_SIGNALS_TO_HANDLE=None), quiet_torch(), no_main_reimport():
                     result = elastic_launch(config, worker.entry)(payload, self.run_dir, env, os.getpid(), parents)
             finally:
                 guard.defer()
@@ -128,7 +129,7 @@ class _Launch:
             error = self._stopped(guard.reason) if guard.reason is not None else _Signalled(e.sigval)
         except BaseException as e:  # noqa: BLE001 - rendezvous errors and the like: keep the exception, not its frames
             error = self._stopped(guard.reason) if guard.reason is not None else e
-            _drop_frames(e)
+            drop_frames(e)
         else:
             error = None
         if isinstance(error, _Signalled):
@@ -263,7 +264,7 @@ def _ctrl_c_during_start_up():
         raise KeyboardInterrupt
 
 
-def _remove_stale_run_dirs() -> None:
+def remove_stale_run_dirs() -> None:
     """Remove run folders of processes that died without cleaning up (killed kernels)."""
     base = tempfile.gettempdir()
     try:
@@ -286,7 +287,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _drop_frames(e: BaseException) -> None:
+def drop_frames(e: BaseException) -> None:
     import traceback
 
     tb = e.__traceback__
@@ -308,7 +309,7 @@ def _loopback_interface() -> Optional[str]:
     return None
 
 
-class _no_main_reimport:
+class no_main_reimport:
     """Workers started by this thread skip multiprocessing's re-run of ``__main__`` as ``__mp_main__``.
 
     fn travels by value (cloudpickle) and nothing else sent refers to ``__main__``, so re-running
@@ -337,7 +338,7 @@ class _no_main_reimport:
         return False
 
 
-class _quiet_torch:
+class quiet_torch:
     """Keep torch elastic's agent logs (the "Root Cause" walls) out of the cell unless debugging."""
 
     def __enter__(self):

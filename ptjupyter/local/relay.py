@@ -24,7 +24,7 @@ from typing import Optional
 
 from ..errors import cause
 
-__all__ = ["PrintSink", "Relay", "WorkerInfo"]
+__all__ = ["PrintSink", "Relay", "WorkerInfo", "worker_info"]
 
 logger = logging.getLogger("ptjupyter")
 _NAME = re.compile(r"^r(\d+)\.a(\d+)\.(out|err|pid)$")
@@ -316,3 +316,12 @@ def _read_text(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+def worker_info(run_dir: str, rank: int, attempt: int, pid: int) -> WorkerInfo:
+    """One worker's :class:`WorkerInfo` from its files (record, fault) and its process, read now (sessions)."""
+    pre = os.path.join(run_dir, f"r{rank}.a{attempt}")
+    info = WorkerInfo(rank, attempt, pid or 0, proc=_find_process(pid) if pid else None)
+    info.record = _read_json(pre + ".rec")
+    info.fault = _read_text(pre + ".fault")
+    return info

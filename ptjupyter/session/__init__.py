@@ -27,8 +27,12 @@ def current():
     return _session if _session is not None and _session.state != "stopped" else None
 
 
-def start(plan):
-    """Start the kernel's session as ``plan`` (``Mode.SESSION``) says; a second one is refused."""
+def start(plan, grace: Optional[float] = None):
+    """Start the kernel's session as ``plan`` (``Mode.SESSION``) says; a second one is refused.
+
+    ``grace``: seconds an interrupted (or timed-out) cell's ranks get to leave it before they are
+    stopped (SIGTERM, SIGKILL) and the session is broken; default :data:`.core.GRACE`.
+    """
     global _session
     from .core import Session
 
@@ -37,7 +41,7 @@ def start(plan):
         running = current()
         if running is not None:
             raise SessionRunning(f"{running.world_size} ranks, {running.state}")
-        _session = Session(plan).start()
+        _session = Session(plan, grace=grace).start()
     return _session
 
 

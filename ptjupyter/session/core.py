@@ -33,13 +33,14 @@ class _Wait:
 
 
 class Session:
-    def __init__(self, plan, ranks_factory=None):
+    def __init__(self, plan, ranks_factory=None, grace: Optional[float] = None):
         from .channel import KernelChannel
         from .local import LocalRanks
 
         self.plan = plan
         self.world_size = plan.nproc_per_node
         self.timeout = plan.timeout  # each cell's default
+        self.grace = GRACE if grace is None else float(grace)  # seconds an interrupted cell gets before the ladder
         self.chan = KernelChannel()
         self.ranks = (ranks_factory or LocalRanks)(plan)
         self.state = "starting"
@@ -229,13 +230,13 @@ class Session:
         return self.ranks.died(fired)
 
     def _stop_cell(self, wait: _Wait, what: str, *, timeout=None, unfinished=()) -> None:
-        """Interrupt the ranks still in the cell; those not out within GRACE s: the ladder, and broken."""
+        """Interrupt the ranks still in the cell; those not out within ``grace`` s: the ladder, and broken."""
         stuck = sorted(wait.pending)
         for r in stuck:
             self.chan.send(r, "interrupt", {"seq": wait.seq})
         dead = []
         try:
-            dead = self._pump(wait, time.monotonic() + GRACE)
+            dead = self._pump(wait, time.monotonic() + self.grace)
         except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
             pass
         if dead:
@@ -245,7 +246,7 @@ class Session:
             return
         stuck = sorted(wait.pending)
         who = ", ".join(f"rank {r}" for r in stuck)
-        reason = f"{what}: {who} did not leave the cell within {GRACE:g} s of the interrupt"
+        reason = f"{what}: {who} did not leave the cell within {self.grace:g} s of the interrupt"
         _say(f"ptjupyter: {reason}; stopping every rank (SIGTERM, then SIGKILL)")
         self._broken(reason)
         if timeout is not None:

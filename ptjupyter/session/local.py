@@ -41,11 +41,13 @@ class LocalRanks:
     def start(self, address: dict, key: bytes) -> None:
         from ..local import launch as launch_mod
         from ..local import warm, worker
+        from ..local.environ import overridden
+        from ..local.ship import ship
         from . import rank as rank_mod
 
-        launch_mod._remove_stale_run_dirs()
+        launch_mod.remove_stale_run_dirs()
         self.run_dir = tempfile.mkdtemp(prefix=f"{launch_mod.RUN_DIR_PREFIX}{os.getpid()}-session-")
-        helper = launch_mod._Launch(self.plan, rank_mod.serve, (), {}, None)
+        helper = launch_mod.Launch(self.plan, rank_mod.serve, (), {}, None)
         helper.run_dir = self.run_dir
         method = helper.start_method()
         if method == "forkserver" and not warm.wait_ready(60):
@@ -53,18 +55,18 @@ class LocalRanks:
         config = helper.launch_config(method)
         env = helper.worker_env()
         parents = [os.getpid()] + ([warm.server_pid()] if method == "forkserver" else [])
-        payload = launch_mod.ship(rank_mod.serve, (address, key, self.plan.backend), {})
+        payload = ship(rank_mod.serve, (address, key, self.plan.backend), {})
 
         def agent():
             from torch.distributed.launcher.api import elastic_launch
 
             try:
-                with launch_mod.overridden(TORCHELASTIC_SIGNALS_TO_HANDLE=None), launch_mod._quiet_torch(), \
-                        launch_mod._no_main_reimport():
+                with overridden(TORCHELASTIC_SIGNALS_TO_HANDLE=None), launch_mod.quiet_torch(), \
+                        launch_mod.no_main_reimport():
                     elastic_launch(config, worker.entry)(payload, self.run_dir, env, os.getpid(), parents)
             except BaseException as e:  # noqa: BLE001 - kept for the session to report (a rank died, start failed)
                 self.error = e
-                launch_mod._drop_frames(e)
+                launch_mod.drop_frames(e)
 
         self.thread = threading.Thread(target=agent, name="ptjupyter-session-agent", daemon=True)
         self.thread.start()
@@ -107,15 +109,12 @@ class LocalRanks:
 
     def cause(self, rank: int, wait: float = 1.0) -> str:
         """``exit 3``, ``SIGKILL``, ``SIGSEGV``... of a dead rank (waits up to ``wait`` s for the agent to reap it)."""
-        from ..local.relay import WorkerInfo, _find_process, _read_json, _read_text
+        from ..local.relay import worker_info
 
         pid = self.pids.get(rank)
-        info = WorkerInfo(rank, 0, pid or 0, proc=_find_process(pid) if pid else None)
-        pre = os.path.join(self.run_dir, f"r{rank}.a0")
         deadline = time.monotonic() + wait
         while True:
-            info.record = _read_json(pre + ".rec")
-            info.fault = _read_text(pre + ".fault")
+            info = worker_info(self.run_dir, rank, 0, pid)
             if info.exitcode is not None or info.record or info.fault_signal() or time.monotonic() > deadline:
                 return info.detail()
             time.sleep(0.02)

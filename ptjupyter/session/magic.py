@@ -37,6 +37,8 @@ class SessionMagics(Magics):
     @argument("--backend", choices=BACKENDS, help="start/restart: the process group's backend (auto: nccl with a "
                                                   "GPU, else gloo).")
     @argument("--timeout", type=float, metavar="S", help="start/restart: each session cell's default --timeout.")
+    @argument("--grace", type=float, metavar="S", help="start/restart: seconds an interrupted or timed-out cell's "
+                                                       "ranks get to leave it before they are stopped (default 1).")
     @argument("--fresh", action="store_true", default=None, help="start/restart: new processes (no warm start-up).")
     @argument("--config", metavar="NAME", help="start/restart: an Elastic(...) object in the notebook.")
     @argument("--rank", type=int, default=0, metavar="R", help="pull: the rank to pull from (default 0).")
@@ -63,6 +65,9 @@ class SessionMagics(Magics):
             raise OptionError(f"{args.action} needs at least one NAME; e.g. %pytorch_elastic_session {args.action} x")
         if args.action not in ("pull", "push") and args.names:
             raise OptionError(f"{args.action} takes no NAME (got {' '.join(args.names)})")
+        if args.grace is not None and not 0 <= args.grace < float("inf"):
+            raise OptionError(f"--grace {args.grace:g} is not accepted; give the seconds (>= 0) ranks get to leave an "
+                              "interrupted cell (default 1)")
         try:
             return getattr(self, "_" + args.action)(args)
         except OptionError:
@@ -94,7 +99,7 @@ class SessionMagics(Magics):
         if session.current() is not None:  # before any process starts
             s = session.current()
             raise session.SessionRunning(f"{s.world_size} ranks, {s.state}")
-        s = session.start(plan)
+        s = session.start(plan, grace=args.grace)
         self.last_args = args
         print(f"pytorch_elastic session: {s.world_size} ranks ({s.backend}) started in {s.start_seconds:.1f} s")
 
@@ -114,8 +119,9 @@ class SessionMagics(Magics):
                                                              "fresh", "config"))
         plan_args = args if given or self.last_args is None else self.last_args
         plan = self._plan(plan_args)
+        grace = args.grace if args.grace is not None else getattr(session.current(), "grace", None)
         had = session.stop()
-        s = session.start(plan)
+        s = session.start(plan, grace=grace)
         self.last_args = plan_args
         lost = "the ranks' state (names) is lost; " if had else ""
         print(f"pytorch_elastic session: restarted, {lost}{s.world_size} ranks ({s.backend}) started in "
@@ -128,7 +134,7 @@ class SessionMagics(Magics):
         if s is None:
             print("pytorch_elastic session: none running")
             return
-        head = f"pytorch_elastic session: {s.world_size} ranks, {s.backend}, {s.state}"
+        head = f"pytorch_elastic session: {s.world_size} ranks, {s.backend}, {s.state}, interrupt grace {s.grace:g} s"
         print(head + (f" ({s.reason})" if s.state == "broken" else ""))
         replies = s.status()
         for r in range(s.world_size):

@@ -169,12 +169,15 @@ def test_rank_exit_3_breaks_the_session_naming_it_and_restart_works(kernel):
     content, _ = kernel.run(S + "1")
     assert content["traceback"] == ["the session is broken (rank 1 died (exit 3)): run %pytorch_elastic_session "
                                     "restart (the ranks' state is lost)"]
-    _, out = run_ok(kernel, "%pytorch_elastic_session restart")
-    assert "restarted" in out
+    _, out = run_ok(kernel, "%pytorch_elastic_session restart --grace 0.5")
+    assert "restarted" in out and "2 ranks" in out
     _, out = run_ok(kernel, "%pytorch_elastic_session status")
-    assert re.search(r"rank 1  pid \d+  idle  RSS \d+\.\d MB", out), out
+    assert "interrupt grace 0.5 s" in out and re.search(r"rank 1  pid \d+  idle  RSS \d+\.\d MB", out), out
     content, _ = kernel.run("%pytorch_elastic_session start")
     assert content["status"] == "error" and "already running" in content["traceback"][0]
+    content, _ = kernel.run("%pytorch_elastic_session start --grace -1")
+    assert content["status"] == "error" and len(content["traceback"]) == 1, content
+    assert content["traceback"][0].startswith("UsageError: --grace -1 is not accepted"), content
 
 
 def test_kernel_shutdown_with_a_live_session_leaves_nothing(kernel):
