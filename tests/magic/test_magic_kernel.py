@@ -157,7 +157,7 @@ def test_a_tqdm_bar_updates_in_place_while_the_loop_runs(kernel):
     ids = _progress_ids(msgs)
     assert len(ids) == 1  # one live line: rank 1's stderr
     states, end = [], None
-    for i, m in enumerate(msgs):
+    for m in msgs:
         if m["msg_type"] in ("display_data", "update_display_data") and m["content"]["transient"]["display_id"] in ids:
             states.append(m["content"]["data"]["text/plain"])
         if m["msg_type"] == "stream" and "6/6" in m["content"]["text"]:
