@@ -42,6 +42,8 @@ def run_cell(shell, cell: str, line: str, layers: Sequence[Layer], *, out: Optio
     ``on_plan(plan)`` is told the resolved plan (the magic keeps the last one for ``--dry-run`` users).
     """
     __tracebackhide__ = True  # noqa: F841 - IPython hides this frame in tracebacks
+    if rank0_only:  # callers of old: the plan's ranks say what is shown
+        layers = list(layers) + [Layer("rank0_only", {"ranks": (0,)})]
     if out is not None and not out.isidentifier():
         raise OptionError(f"--out {out!r} is not accepted; expected a Python variable name")
     prev_level = logger.level
@@ -64,7 +66,9 @@ def run_cell(shell, cell: str, line: str, layers: Sequence[Layer], *, out: Optio
         if dry_run:
             _print_dry_run(plan, captured)
             return None
-        result = _execute(shell, plan, captured, rank0_only=rank0_only, status=status)
+        if (hint := _gpu_hint(plan, cell)) is not None:
+            _warn(hint)
+        result = _execute(shell, plan, captured, status=status)
     finally:
         if debug:
             logger.setLevel(prev_level)
@@ -75,6 +79,21 @@ def run_cell(shell, cell: str, line: str, layers: Sequence[Layer], *, out: Optio
 
 def _warn(msg: str) -> None:
     print(f"Warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _gpu_hint(plan, cell: str) -> Optional[str]:
+    """A one-line hint when a local NCCL run asks for more ranks than there are visible GPUs."""
+    if plan.mode not in (Mode.ELASTIC, Mode.SESSION) or plan.target != "local":
+        return None
+    if plan.backend != "nccl" and "nccl" not in cell:
+        return None
+    from .devices import gpu_count
+
+    n = gpu_count()
+    if plan.nproc_per_node <= n:
+        return None
+    return (f"{plan.nproc_per_node} ranks but {n} visible GPU(s): NCCL needs a GPU per rank ('Duplicate GPU "
+            "detected'); use --nproc-per-node gpu, or the gloo backend")
 
 
 def _capture(shell, cell: str, line: str, *, by_value: bool, warn_mb: float):
@@ -109,25 +128,26 @@ def _print_dry_run(plan, captured) -> None:
             raise OptionError(e.headline) from None
 
 
-def _sink(shell, plan, *, rank0_only: bool, status: str):
+def _sink(shell, plan, *, status: str):
     from .display import CellSink, status_mode
 
     mode = status_mode(status, shell)
+    shown = dict(ranks=plan.ranks, rich=type(shell).__name__ == "ZMQInteractiveShell")
     if plan.mode is Mode.SESSION:
         from .session import current
         from .session.sink import SessionSink
 
         s = current()
-        return SessionSink(s.world_size if s else plan.nproc_per_node, rank0_only=rank0_only, status=mode)
+        return SessionSink(s.world_size if s else plan.nproc_per_node, status=mode, **shown)
     if plan.mode in (Mode.POD, Mode.PYTORCHJOB):  # the k8s follower reports per pod: index 0..max_nodes-1
         master = isinstance(plan.config, PyTorch)
-        return CellSink(plan.max_nodes, rank0_only=rank0_only, status=mode, unit="pod",
+        return CellSink(plan.max_nodes, status=mode, unit="pod", **shown,
                         name=(lambda i: "master-0" if i == 0 else f"worker-{i - 1}") if master
                         else (lambda i: f"worker-{i}"))
-    return CellSink(plan.nproc_per_node, rank0_only=rank0_only, status=mode)
+    return CellSink(plan.nproc_per_node, status=mode, **shown)
 
 
-def _execute(shell, plan, captured, *, rank0_only: bool, status: str):
+def _execute(shell, plan, captured, *, status: str):
     __tracebackhide__ = True  # noqa: F841
     from .execute import execute
 
@@ -141,7 +161,7 @@ def _execute(shell, plan, captured, *, rank0_only: bool, status: str):
         if session.current() is None:
             raise session.NoSession()
         fn = session.cell_function(captured)
-    sink = _sink(shell, plan, rank0_only=rank0_only, status=status).start()
+    sink = _sink(shell, plan, status=status).start()
     try:
         result = execute(plan, fn, sink=sink, shipped=dict(captured.names))
     except KeyboardInterrupt as e:

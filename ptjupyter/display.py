@@ -7,6 +7,13 @@ text)`` writes ``[rank1] text`` into the running cell (stdout or stderr, as the 
 summary line), or off. The summary line (``pytorch_elastic: 2/2 ranks exited 0 in 3.1 s``) is
 printed on stdout at the end in every mode but ``off``, so a notebook's saved output stays
 comparable under nbval.
+
+A rank's progress bar (``progress(rank, stream, text)``: the latest ``\r`` redraw, already throttled by
+the relay) is one live line per rank and stream, updated in place in a kernel and cleared when the line
+ends (its final state then arrives as an ordinary line); elsewhere a redraw is printed as a line at most
+every ``TEXT_PROGRESS_INTERVAL`` s. ``display(rank, bundle, metadata)`` (a rank's ``display(obj)``) is
+display data labelled with the rank in a kernel, its ``text/plain`` form elsewhere. ``ranks`` (or
+``rank0_only``) filters lines, progress and displays alike.
 """
 from __future__ import annotations
 
@@ -37,13 +44,18 @@ class CellSink:
     """Relay target for one cell run: rank lines into the cell, rank states into the status line."""
 
     TICK = 1.0  # seconds between elapsed-time refreshes of the live status
+    TEXT_PROGRESS_INTERVAL = 1.0  # seconds between two progress lines of one rank without a kernel
 
     def __init__(self, nproc: int, *, rank0_only: bool = False, status: str = "text", label: str = "pytorch_elastic",
-                 stdout=None, stderr=None, name=None, unit: str = "rank"):
+                 stdout=None, stderr=None, name=None, unit: str = "rank", ranks=None, rich: Optional[bool] = None):
         self.nproc = nproc
         self.name = name or (lambda r: f"rank{r}")  # how a line's source is shown: rank1, worker-0, master-0
         self.unit = unit
         self.rank0_only = rank0_only
+        self.shown = frozenset(ranks) if ranks is not None else frozenset({0}) if rank0_only else None
+        self.rich = status == "html" if rich is None else rich  # a kernel: live lines and display data
+        self._live: dict = {}  # (rank, stream) -> display handle of its progress line (kernel), or None
+        self._text_progress_at: dict = {}
         self.mode = status
         self.label = label
         self._out = stdout
@@ -59,10 +71,71 @@ class CellSink:
 
     # -- the sink interface (called from the launcher's relay thread)
     def line(self, rank: int, stream: str, text: str) -> None:
-        if self.rank0_only and rank != 0:
+        if self.shown is not None and rank not in self.shown:
             return
+        if self._live and (rank, stream) in self._live:
+            self._end_live(rank, stream)
         f = (self._err or sys.stderr) if stream == "stderr" else (self._out or sys.stdout)
         f.write(f"[{self.name(rank)}] {text.rstrip(chr(10))}\n")
+
+    def progress(self, rank: int, stream: str, text: str) -> None:
+        """The latest redraw of a rank's unfinished line (a progress bar)."""
+        if self.shown is not None and rank not in self.shown:
+            return
+        shown = {"text/plain": f"[{self.name(rank)}] {text}"}
+        if not self.rich:
+            now = time.monotonic()
+            if now - self._text_progress_at.get(rank, -1e9) >= self.TEXT_PROGRESS_INTERVAL:
+                self._text_progress_at[rank] = now
+                self.line(rank, stream, text)
+            return
+        handle = self._live.get((rank, stream))
+        try:
+            if handle is None:
+                from IPython.display import display
+
+                self._flush()  # after the text the rank wrote before the bar
+                self._live[(rank, stream)] = display(shown, raw=True, display_id=True,
+                                                     metadata={"ptjupyter": {"rank": rank, "progress": True}})
+            else:
+                handle.update(shown, raw=True)
+        except Exception:  # noqa: BLE001 - a progress line never breaks a run
+            pass
+
+    def display(self, rank: int, bundle: dict, metadata: Optional[dict] = None) -> None:
+        """A rank's ``display(obj)``: display data labelled with the rank, or its text/plain form."""
+        if self.shown is not None and rank not in self.shown:
+            return
+        label = f"[{self.name(rank)}] "
+        if not self.rich:
+            for text in str(bundle.get("text/plain", "")).splitlines() or [""]:
+                self.line(rank, "stdout", text)
+            return
+        data = dict(bundle)
+        if "text/plain" in data:
+            data["text/plain"] = label + str(data["text/plain"])
+        try:
+            from IPython.display import display
+
+            self._flush()  # in order with the rank's text
+            display(data, raw=True, metadata={**(metadata or {}), "ptjupyter": {"rank": rank}})
+        except Exception:  # noqa: BLE001 - a display never breaks a run
+            pass
+
+    def _end_live(self, rank: int, stream: str) -> None:
+        handle = self._live.pop((rank, stream), None)
+        if handle is not None:  # the line's final state follows as an ordinary line
+            try:
+                handle.update({"text/plain": ""}, raw=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _flush(self) -> None:
+        for f in (self._out or sys.stdout, self._err or sys.stderr):
+            try:
+                f.flush()
+            except Exception:  # noqa: BLE001
+                pass
 
     def state(self, rank: int, state: str, detail: str = "") -> None:
         with self._lock:
@@ -89,11 +162,9 @@ class CellSink:
             self._ticker.join(timeout=2)
             self._ticker = None
         self.outcome = outcome
-        for f in (self._out or sys.stdout, self._err or sys.stderr):
-            try:
-                f.flush()
-            except Exception:  # noqa: BLE001
-                pass
+        for rank, stream in list(self._live):
+            self._end_live(rank, stream)
+        self._flush()
         if self.mode == "html":
             self._refresh(force=True)
         summary = self.summary()

@@ -122,6 +122,8 @@ class RankFailed(PtjupyterError, RuntimeError):
             lines += ["", f"(the worker was killed by {self.signal_name}; no Python traceback)"]
         if self.others:
             lines.append("other ranks: " + ", ".join(f"rank {r} ({c})" for r, c in sorted(self.others.items())))
+        if getattr(self, "log_file", None):
+            lines.append(f"rank {self.rank}'s full output: {self.log_file} (and stdout.log beside it)")
         if self.hint:
             lines += ["", "hint: " + self.hint]
         return lines

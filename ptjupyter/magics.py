@@ -42,8 +42,9 @@ class PytorchElastic(Magics):
 
     nnodes = Union([Int(), Unicode()], default_value=None, allow_none=True,
                    help='Nodes: N or "MIN:MAX". Locally only 1; more nodes need target="k8s".').tag(config=True)
-    nproc_per_node = Int(None, allow_none=True,
-                         help="Worker processes per node (ranks). 1 with one node = a plain call in the kernel.").tag(config=True)
+    nproc_per_node = Union([Int(), Unicode()], default_value=None, allow_none=True,
+                           help="Worker processes per node (ranks): N, or auto, gpu, cpu (as torchrun). 1 with one "
+                                "node = a plain call in the kernel.").tag(config=True)
     max_restarts = Int(None, allow_none=True,
                        help="Times torch elastic restarts the whole worker group after a failure.").tag(config=True)
     start_method = Unicode(None, allow_none=True,
@@ -74,7 +75,10 @@ class PytorchElastic(Magics):
 
     # -- layers and plan
     def config_layer(self) -> dict:
-        return {k: getattr(self, k) for k in CONFIG_KEYS if getattr(self, k) is not None}
+        layer = {k: getattr(self, k) for k in CONFIG_KEYS if getattr(self, k) is not None}
+        if self.rank0_only:
+            layer["ranks"] = (0,)
+        return layer
 
     def resolve_layers(self, extra: tuple = (), widget: Optional[dict] = None) -> list:
         """The layers below a cell's own: ``%config``, then the widget panel (``widget`` instead, if given)."""
@@ -88,14 +92,25 @@ class PytorchElastic(Magics):
     # -- %%pytorch_elastic
     @magic_arguments(name="%pytorch_elastic")  # the usage line then reads %%pytorch_elastic
     @argument("--nnodes", metavar="N|MIN:MAX", help="Nodes. Locally only 1; several need --target k8s.")
-    @argument("--nproc-per-node", type=int, metavar="N", help="Processes (ranks) per node.")
+    @argument("--nproc-per-node", metavar="N|auto|gpu|cpu",
+              help="Processes (ranks) per node; gpu: one per visible GPU (counted without a CUDA context), cpu: "
+                   "one per usable CPU, auto: gpu if any, else cpu.")
     @argument("--max-restarts", type=int, metavar="N", help="Restarts of the worker group after a failure.")
     @argument("--start-method", choices=START_METHODS, help="spawn (default), forkserver or fork.")
     @argument("--target", choices=TARGETS, help="local (default) or k8s.")
     @argument("--config", metavar="NAME", help="An Elastic(...) or PyTorch(...) object in the notebook: its fields "
                                                "override %%config and the widget panel; cell flags override it.")
     @argument("--out", "-o", metavar="NAME", help="Store rank 0's result (the cell's last expression) in NAME.")
-    @argument("--rank0-only", action="store_true", default=None, help="Show only rank 0's output lines.")
+    @argument("--rank0-only", action="store_true", default=None, help="Show only rank 0's output (= --ranks 0).")
+    @argument("--ranks", metavar="R,R,...", help="Show only these (local) ranks' output, lines, progress bars and "
+                                                 "displays (torchrun's --local-ranks-filter).")
+    @argument("--log-dir", metavar="DIR", help="Keep every rank's complete stdout/stderr as files under DIR/<run>/ "
+                                               "(shown or not); a failure names its file.")
+    @argument("--rdzv-conf", metavar="K=V,...", help="Rendezvous settings merged over rdzv_configs, e.g. timeout=60.")
+    @argument("--grace", type=float, metavar="S", help="Seconds between SIGTERM and SIGKILL when ranks are stopped "
+                                                       "(interrupt, timeout; default 1): time to save a checkpoint.")
+    @argument("--gpus", type=int, metavar="N", help="k8s: nvidia.com/gpu per node in every training container's "
+                                                   "requests and limits; nproc_per_node defaults to N.")
     @argument("--debug", action="store_true", help="Show the [PYTORCH_ELASTIC] decision lines: the plan and where "
                                                    "each value came from.")
     @argument("--dry-run", action="store_true", help="Print the resolved plan with sources and the names the cell "
@@ -151,10 +166,10 @@ class PytorchElastic(Magics):
             "start_method": args.start_method, "target": args.target, "image": args.image,
             "namespace": args.namespace, "context": args.context, "job_name": args.job_name,
             "timeout": args.timeout, "fresh": args.fresh, "detach": args.detach, "session": args.session,
+            "ranks": args.ranks if args.ranks is not None else "0" if args.rank0_only else None,
+            "log_dir": args.log_dir, "rdzv_configs": args.rdzv_conf, "grace": args.grace, "gpus": args.gpus,
         }))
-        return run_cell(self.shell, cell, line, self.resolve_layers(tuple(extra)), out=args.out,
-                        rank0_only=self.rank0_only if args.rank0_only is None else args.rank0_only,
-                        debug=args.debug, dry_run=args.dry_run, status=self.status, warn_mb=self.warn_mb,
+        return run_cell(self.shell, cell, line, self.resolve_layers(tuple(extra)), out=args.out, debug=args.debug, dry_run=args.dry_run, status=self.status, warn_mb=self.warn_mb,
                         on_plan=self._keep_plan)
 
     def _keep_plan(self, plan) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from . import flags
 from .cluster import K8sOptions
 from .config import ELASTIC_DEFAULT_MONITOR_INTERVAL, Elastic, PyTorch, given_fields, parse_nnodes
 from .errors import InvalidType, InvalidValue
@@ -76,12 +77,14 @@ class Layer:
 
 K8S_KEYS = tuple(f.name for f in dataclasses.fields(K8sOptions))
 ELASTIC_KEYS = ("nnodes", "nproc_per_node", "start_method", "monitor_interval", "max_restarts", "rdzv_configs")
-RUN_KEYS = ("timeout", "fresh", "detach", "session")  # how this one run goes, not what the job is
-OVERRIDE_KEYS = ("target", "rdzv_backend", "backend") + ELASTIC_KEYS + K8S_KEYS + RUN_KEYS
+# how this one run goes, not what the job is
+RUN_KEYS = ("timeout", "fresh", "detach", "session", "ranks", "log_dir", "grace")
+OVERRIDE_KEYS = ("target", "rdzv_backend", "backend", "gpus") + ELASTIC_KEYS + K8S_KEYS + RUN_KEYS
 BACKENDS = ("auto", "gloo", "nccl")  # a session's process group; auto: nccl with a GPU, else gloo
 RDZV_BACKENDS = ("c10d", "static", "etcd", "etcd-v2")
-_LOCAL_ONLY = ("timeout", "fresh")  # a cluster job has its own deadline (RunPolicy) and starts its own processes
-_K8S_ONLY = ("detach",)
+# a cluster job has its own deadline (RunPolicy), starts its own processes and keeps its pods' logs
+_LOCAL_ONLY = ("timeout", "fresh", "log_dir", "grace")
+_K8S_ONLY = ("detach", "gpus")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,10 @@ class Plan:
     fresh: bool = False  # local: plain spawn instead of the warm forkserver
     detach: bool = False  # k8s: return once submitted
     backend: str = "auto"  # session: the process group's backend (gloo, nccl, auto)
+    ranks: Optional[tuple] = None  # the (local) ranks whose output the cell shows; None: all
+    log_dir: Optional[str] = None  # local: every rank's full stdout/stderr kept under log_dir/<run>/
+    grace: Optional[float] = None  # local: seconds between SIGTERM and SIGKILL; None: reaper.TERM_WAIT
+    gpus: Optional[int] = None  # k8s: nvidia.com/gpu per node (requests and limits of every training container)
     warnings: tuple = ()
 
     @property
@@ -144,6 +151,8 @@ class Plan:
                 if key == "namespace" and value is None:
                     value = "the kubeconfig context's"
                 rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
+        if self.gpus is not None:
+            rows.append(f"gpus: {self.gpus}  [{self.sources.get('gpus', 'default')}]")
         for key in RUN_KEYS:
             if key in self.sources:
                 rows.append(f"{key}: {getattr(self, key)}  [{self.sources[key]}]")
@@ -215,6 +224,8 @@ def resolve(
                         "PyTorch (Master/Worker) config: set worker.replicas there instead"
                     )
                 continue
+            if key == "rdzv_configs":  # "k=v,..." merges over the settings below it
+                value = flags.rdzv_conf(value, layer.source, elastic_values.get("rdzv_configs") or {})
             (elastic_values if key in ELASTIC_KEYS else run if key in RUN_KEYS else other)[key] = value
             sources[key] = layer.source
             explicit.add(key)
@@ -231,6 +242,16 @@ def resolve(
     if (backend := other.pop("backend")) not in BACKENDS:
         raise InvalidValue(f"backend={backend!r} (from {sources['backend']}) is not accepted; expected {', '.join(BACKENDS)}")
     _check_run_options(run, sources)
+    gpus = flags.gpus(other.pop("gpus", None), sources.get("gpus", "default"))
+    if isinstance(config, Elastic):
+        if isinstance(elastic_values.get("nproc_per_node"), str):
+            n, how = flags.nproc_per_node(elastic_values["nproc_per_node"], sources["nproc_per_node"], target=target,
+                                          gpus=gpus, env=env)
+            elastic_values["nproc_per_node"] = n
+            sources["nproc_per_node"] += f" ({how})" if how else ""
+        elif target == "k8s" and gpus and "nproc_per_node" not in explicit:
+            elastic_values["nproc_per_node"] = gpus
+            sources["nproc_per_node"] = f"--gpus {gpus} ({sources.get('gpus')})"
     try:
         k8s = K8sOptions(**other)
     except (TypeError, ValueError) as e:
@@ -297,12 +318,22 @@ def resolve(
 
     notes = []
     dropped = _LOCAL_ONLY if target == "k8s" else _K8S_ONLY
+    run["gpus"] = gpus
     for key in dropped:
         if run.get(key) not in (None, False):
             where = "a Kubernetes job" if target == "k8s" else "a local run"
-            notes.append(f"{key}={run[key]!r} (from {sources[key]}) does not apply to {where}; ignored")
+            notes.append(f"{key}={run[key]!r} (from {sources[key]}) does not apply to {where}; ignored"
+                         + ("; every local rank sees every visible GPU" if key == "gpus" else ""))
             run.pop(key)
             sources.pop(key)
+    if mode is Mode.DIRECT and run.get("log_dir"):
+        notes.append(f"log_dir={run.pop('log_dir')!r} (from {sources.pop('log_dir')}) applies to runs with several "
+                     "processes; a direct call's output is the cell's own; ignored")
+    shown = run.get("ranks")
+    count = max_nodes if target == "k8s" else nproc
+    if shown is not None and rendezvous is Rendezvous.LOOPBACK and mode is not Mode.SESSION and max(shown) >= count:
+        raise InvalidValue(f"ranks={','.join(map(str, shown))} (from {sources['ranks']}) is not accepted: the run has "
+                           f"{count} {'pod' if target == 'k8s' else 'rank'}(s); expected numbers 0..{count - 1}")
 
     plan = Plan(
         mode=mode, target=target, config=config, min_nodes=min_nodes, max_nodes=max_nodes, nproc_per_node=nproc,
@@ -310,7 +341,7 @@ def resolve(
         rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_configs=rdzv_configs, k8s=k8s,
         sources=dict(sources), run_id=run_id, rendezvous=rendezvous, timeout=run.get("timeout"),
         fresh=bool(run.get("fresh", False)), detach=bool(run.get("detach", False)), backend=backend,
-        warnings=tuple(notes),
+        ranks=shown, log_dir=run.get("log_dir"), grace=run.get("grace"), gpus=run.get("gpus"), warnings=tuple(notes),
     )
     if logger.isEnabledFor(logging.DEBUG):
         nn = getattr(config, "nnodes", f"1+{min_nodes - 1}")
@@ -337,6 +368,9 @@ def _check_run_options(run: dict, sources: Mapping[str, str]) -> None:
     for key in ("fresh", "detach", "session"):
         if key in run and not isinstance(run[key], bool):
             raise InvalidType(f"{key}={run[key]!r} (from {sources[key]}) is not accepted; expected True or False")
+    for key in ("ranks", "log_dir", "grace"):
+        if key in run:
+            run[key] = getattr(flags, key)(run[key], sources[key])
 
 
 def _cuda_initialized() -> bool:

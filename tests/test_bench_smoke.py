@@ -30,3 +30,13 @@ def test_bench_runs_every_launcher_and_workload_once(tmp_path):
     assert data["workloads"]["train"]["ptjupyter library call"]["steps_per_s"] > 0
     assert data["extras"]["relay"]["received"] == {"0": 2000, "1": 2000}
     assert "| hello | ptjupyter first cell |" in res.stdout
+
+
+def test_gpu_check_skips_with_one_line_without_a_gpu():
+    import os
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, whatever the machine has
+    res = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert res.returncode == 0 and res.stdout.splitlines() == ["gpu_check: skipped: no GPU visible (NVML / "
+                                                               "CUDA_VISIBLE_DEVICES)"], res.stdout + res.stderr

@@ -94,6 +94,8 @@ def _resources(owner: str, value: Any) -> dict:
 def _merge_resources(plan: Plan, requests: Any = None, limits: Any = None, owner: str = "") -> dict:
     req = {**plan.k8s.requests, **_resources(f"{owner}.requests", requests)}
     lim = {**plan.k8s.limits, **_resources(f"{owner}.limits", limits)}
+    if getattr(plan, "gpus", None):  # --gpus N: every training container, requests == limits
+        req[_GPU] = lim[_GPU] = str(plan.gpus)
     if _GPU in lim and _GPU not in req:
         req[_GPU] = lim[_GPU]  # extended resources must have requests == limits
     if _GPU in req and _GPU not in lim:

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import uuid
@@ -25,7 +26,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import RunTimeout
 from ..plan import Mode, Rendezvous
-from . import reaper, warm, worker
+from . import keep, reaper, warm, worker
 from .environ import overridden
 from .failure import first_failure
 from .guard import Guard, Stop
@@ -60,6 +61,8 @@ class Launch:
     def __init__(self, plan, fn, args, kwargs, sink):
         self.plan, self.fn, self.args, self.kwargs, self.sink = plan, fn, args, kwargs, sink
         self.timeout, self.fresh = plan.timeout, plan.fresh
+        self.grace = plan.grace if plan.grace is not None else reaper.TERM_WAIT  # SIGTERM -> SIGKILL
+        self.log_folder = keep.run_folder(plan.log_dir) if plan.log_dir else None
         self.local = plan.rendezvous is Rendezvous.LOOPBACK
         self.relay: Optional[Relay] = None
         self.guard: Optional[Guard] = None
@@ -169,12 +172,13 @@ class Launch:
                 local_addr="127.0.0.1" if self.local else None,
                 logs_specs=DefaultLogsSpecs(log_dir=os.path.join(self.run_dir, "torch")),  # removed with the run
                 signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",  # SIGINT is ours during the run
-                shutdown_timeout=int(max(1, reaper.TERM_WAIT)),
+                shutdown_timeout=max(1, round(self.grace)),
             )
 
     def worker_env(self) -> dict:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # as torchrun: a dead rank aborts the collectives
         if self.local:
             lo = _loopback_interface()
             if lo:  # gloo/NCCL listen on the interface of the hostname otherwise
@@ -202,7 +206,7 @@ class Launch:
         pids = self._worker_pids()
         what = f"timeout after {self.timeout:g} s" if reason == "timeout" else "interrupted"
         reaper.ladder(pids, ranks={p: r for p, r in pids.items() if r is not None}, reason=what,
-                      hurry=lambda: self.guard.hurry)  # a second Ctrl-C skips the waits
+                      term_wait=self.grace, hurry=lambda: self.guard.hurry)  # a second Ctrl-C skips the waits
 
     def _cleanup(self) -> None:
         pids = self._worker_pids()
@@ -213,6 +217,13 @@ class Launch:
             self.relay.finish(300)  # the workers are gone: every line they wrote is in the files
             if self.relay.is_alive():
                 logger.warning("ptjupyter: the output sink is still busy; later lines may arrive after the run")
+        if self.log_folder:
+            try:
+                keep.keep(self.run_dir, self.log_folder)
+                print(f"ptjupyter: every rank's output is in {self.log_folder}", file=sys.stderr, flush=True)
+            except OSError as e:
+                logger.warning("ptjupyter: --log-dir: could not keep the output in %s: %s", self.log_folder, e)
+                self.log_folder = None
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _summary(self) -> str:
@@ -227,7 +238,11 @@ class Launch:
                     w.proc.join(0)  # reaps the exit code of a worker that is already gone
                 except Exception:  # noqa: BLE001 - a process torch's agent already waited on
                     pass
-        return first_failure(workers, torch_failures, self.plan.max_restarts)
+        error = first_failure(workers, torch_failures, self.plan.max_restarts)
+        if self.log_folder:
+            error.log_file = keep.log_file(self.log_folder, error.rank, error.attempt)
+            error.details.append(f"rank {error.rank}'s full output: {error.log_file}")
+        return error
 
 
 class _Signalled:

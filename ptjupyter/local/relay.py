@@ -6,6 +6,12 @@ One thread per run tails the per-rank files the worker helper writes (see ``work
 including a last line without a newline, once the workers are gone. Every sink call comes from
 this thread, so a sink needs no locking.
 
+Two optional sink methods: ``sink.progress(rank, stream, text)`` gets the latest ``\r`` redraw of a
+line not yet ended (a progress bar), at most every ``PROGRESS_INTERVAL`` s per rank; the completed
+line still comes through ``line()``. ``sink.display(rank, bundle, metadata)`` gets a rank's
+``display(obj)`` (a MIME bundle the worker wrote as one marked line, see ``rich.py``), in order
+with its text. A sink without them gets nothing resp. the ``text/plain`` form as a line.
+
 Deaths are seen through pidfds (exact, no polling); exit codes come from the multiprocessing
 ``Process`` objects torch's agent started (read only, never waited on here).
 """
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import cause
+from .rich import MARK, decode
 
 __all__ = ["PrintSink", "Relay", "WorkerInfo", "worker_info"]
 
@@ -30,6 +37,8 @@ logger = logging.getLogger("ptjupyter")
 _NAME = re.compile(r"^r(\d+)\.a(\d+)\.(out|err|pid)$")
 _CHUNK = 1 << 20
 _MAX_LINE = 1 << 20
+_MAX_DISPLAY = 64 << 20  # a marked display line (a base64 PNG) may be longer than a text line
+PROGRESS_INTERVAL = 0.1  # seconds between two progress redraws of one rank: <= 10 updates/s
 _FAULTS = {
     "Segmentation fault": "SIGSEGV", "Aborted": "SIGABRT", "Floating-point exception": "SIGFPE",
     "Floating point exception": "SIGFPE", "Bus error": "SIGBUS", "Illegal instruction": "SIGILL",
@@ -45,6 +54,14 @@ class PrintSink:
 
     def state(self, rank: int, state: str, detail: str = "") -> None:
         logger.debug("[PYTORCH_ELASTIC] rank %d: %s %s", rank, state, detail)
+
+    def progress(self, rank: int, stream: str, text: str, *, every: float = 1.0) -> None:
+        """A progress bar's redraw as a line, at most every ``every`` s per rank (logs are line based)."""
+        at = self.__dict__.setdefault("_progress_at", {})
+        now = time.monotonic()
+        if now - at.get(rank, -1e9) >= every:
+            at[rank] = now
+            self.line(rank, stream, text)
 
 
 @dataclass
@@ -83,12 +100,13 @@ class WorkerInfo:
 
 
 class _Tail:
-    __slots__ = ("attempt", "file", "pending")
+    __slots__ = ("attempt", "file", "pending", "redraw")
 
     def __init__(self, attempt: int, path: str):
         self.attempt = attempt
         self.file = open(path, "rb")
         self.pending = b""
+        self.redraw = None  # the latest \r redraw of the pending line not yet passed to sink.progress
 
 
 class Relay(threading.Thread):
@@ -108,6 +126,9 @@ class Relay(threading.Thread):
         self._pidfds: dict[int, WorkerInfo] = {}
         self._done = threading.Event()
         self._final_codes: dict[int, Optional[int]] = {}
+        self._progress_at: dict[int, float] = {}  # rank -> when its last redraw went to the sink
+        self._progress = getattr(sink, "progress", None)
+        self._display = getattr(sink, "display", None)
 
     # -- the thread ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -117,6 +138,7 @@ class Relay(threading.Thread):
             final = self._done.is_set()
             self._scan()
             moved = self._pump()
+            self._redraws()
             self._watch(0 if (moved or final) else self.poll)
             self._report(final)
             if final:
@@ -195,24 +217,62 @@ class Relay(threading.Thread):
         data = tail.file.read(_CHUNK)
         if not data:
             return False
+        # a marked display line starts with MARK's first byte: a quick test per chunk, not per line
+        marked = MARK[:1] in data or tail.pending[:1] == MARK[:1]
         lines = (tail.pending + data).split(b"\n")
         tail.pending = lines.pop()
-        if len(tail.pending) > _MAX_LINE:  # a line without end (binary dump): pass it on in pieces
-            lines.append(tail.pending)
+        if len(tail.pending) > _MAX_LINE and not (tail.pending.startswith(MARK) and len(tail.pending) < _MAX_DISPLAY):
+            lines.append(tail.pending)  # a line without end (binary dump): pass it on in pieces
             tail.pending = b""
+        if lines:
+            tail.redraw = None  # the line ended: it carries its final state itself
+        if b"\r" in tail.pending and self._progress is not None:
+            tail.redraw = _redraw(tail.pending)
         line = self.sink.line
         for raw in lines:
             try:
+                if marked and raw.startswith(MARK):
+                    self._rich(rank, raw)
+                    continue
                 line(rank, stream, _text(raw))
             except Exception as e:  # noqa: BLE001 - a broken sink must not stop the relay (nor the run)
                 self._sink_failed(e)
         self.lines += len(lines)
         return True
 
+    def _rich(self, rank: int, raw: bytes) -> None:
+        bundle, metadata = decode(raw)
+        if bundle is None:
+            return
+        if self._display is not None:
+            self._display(rank, bundle, metadata)
+        else:
+            for text in str(bundle.get("text/plain", "")).splitlines() or [""]:
+                self.sink.line(rank, "stdout", text)
+
+    def _redraws(self) -> None:
+        """Pass each rank's latest redraw on, at most every PROGRESS_INTERVAL s per rank."""
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        for (rank, stream), tail in self._tails.items():
+            if tail.redraw is None or now - self._progress_at.get(rank, 0.0) < PROGRESS_INTERVAL:
+                continue
+            text, tail.redraw = tail.redraw, None
+            self._progress_at[rank] = now
+            try:
+                self._progress(rank, stream, text)
+            except Exception as e:  # noqa: BLE001 - as above
+                self._sink_failed(e)
+
     def _close(self, rank: int, stream: str, tail: _Tail) -> None:
+        tail.redraw = None
         if tail.pending:
             try:
-                self.sink.line(rank, stream, _text(tail.pending))
+                if tail.pending.startswith(MARK):
+                    self._rich(rank, tail.pending)
+                else:
+                    self.sink.line(rank, stream, _text(tail.pending))
             except Exception as e:  # noqa: BLE001 - as above
                 self._sink_failed(e)
             self.lines += 1
@@ -277,6 +337,14 @@ def _text(raw: bytes) -> str:
     if "\r" in text:  # progress bars redraw with \r: keep what a terminal would show at the end
         text = text.rstrip("\r").rsplit("\r", 1)[-1]
     return text
+
+
+def _redraw(pending: bytes) -> Optional[str]:
+    """What a terminal shows of a line being redrawn: its last non-empty ``\r`` segment."""
+    for part in reversed(pending.split(b"\r")):
+        if part:
+            return part.decode("utf-8", "replace")
+    return None
 
 
 def _order(name: str):

@@ -134,6 +134,9 @@ def entry(payload: bytes, run_dir: str, env: dict = None, kernel_pid: int = 0, p
     if os.path.exists(os.path.join(run_dir, STOP_FILE)):  # the run was stopped: never start user code again
         os._exit(1)
     _apply_env(env)
+    from .rich import install
+
+    install()  # display(obj) and plt.show() reach the cell (before the payload's references resolve)
     if "OMP_NUM_THREADS" in os.environ and "torch" in sys.modules:
         try:  # torch was imported (forkserver preload) before OMP_NUM_THREADS applied
             sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -303,3 +303,21 @@ def test_values_the_api_server_would_reject_fail_first(options, needle):
     with pytest.raises(InvalidValue) as e:
         prepare(plan, f)
     assert needle in str(e.value) and "\n" not in str(e.value) and e.value.render()[0] == f"ValueError: {e.value}"
+
+
+@pytest.mark.parametrize("config", [Elastic(nnodes=2), Elastic(), PyTorch(worker=Worker(replicas=2, limits={"gpu": 1}))])
+def test_gpus_go_into_every_training_container_and_set_nproc(config):
+    plan = resolve(config, [Layer("test", {"image": IMG}), Layer("cell flags", {"gpus": 2})], target="k8s")
+    job, _, _ = prepare(plan, f)
+    if plan.mode is Mode.PYTORCHJOB:
+        assert validate(job) == []
+        pods = [g["template"]["spec"] for g in job["spec"]["pytorchReplicaSpecs"].values()]
+    else:
+        pods = [job["spec"]["template"]["spec"]]
+    for pod in pods:
+        res = pod["containers"][0]["resources"]
+        assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "2"
+    if isinstance(config, Elastic):
+        assert plan.nproc_per_node == 2 and "--gpus 2" in plan.sources["nproc_per_node"]
+    explicit = resolve(Elastic(nnodes=2), [Layer("t", {"image": IMG, "gpus": 4, "nproc_per_node": 1})], target="k8s")
+    assert explicit.nproc_per_node == 1  # an explicit value wins over the GPU default

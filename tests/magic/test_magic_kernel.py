@@ -142,3 +142,42 @@ def test_kernel_shutdown_during_a_run_leaves_nothing():
         time.sleep(0.1)
         alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left after kernel shutdown: {alive}"
+
+
+def _progress_ids(msgs):
+    return {m["content"]["transient"]["display_id"] for m in msgs if m["msg_type"] == "display_data"
+            and m["content"]["metadata"].get("ptjupyter", {}).get("progress")}
+
+
+def test_a_tqdm_bar_updates_in_place_while_the_loop_runs(kernel):
+    code = ("%%pytorch_elastic --nproc-per-node 2 --ranks 1\nimport os, time\nfrom tqdm.auto import tqdm\n"
+            "print('rank', os.environ['RANK'])\nfor i in tqdm(range(6)):\n    time.sleep(0.3)\n")
+    content, msgs = kernel.run(code)
+    assert content["status"] == "ok", content
+    ids = _progress_ids(msgs)
+    assert len(ids) == 1  # one live line: rank 1's stderr
+    states, end = [], None
+    for m in msgs:
+        if m["msg_type"] in ("display_data", "update_display_data") and m["content"]["transient"]["display_id"] in ids:
+            states.append(m["content"]["data"]["text/plain"])
+        if m["msg_type"] == "stream" and "6/6" in m["content"]["text"]:
+            end = end if end is not None else len(states)
+    live = {s for s in states[:end] if s.startswith("[rank1]")}
+    assert len(live) >= 3, states  # distinct redraws arrived before the loop ended
+    assert states[-1] == ""  # cleared: the final state is an ordinary line
+    out, err = stream_text(msgs), stream_text(msgs, "stderr")
+    assert re.search(r"\[rank1\] 100%.*6/6", err) and "[rank0]" not in out + err and "[rank1] rank 1" in out
+
+
+def test_display_and_plt_show_on_a_rank_are_display_data(kernel):
+    code = ("%%pytorch_elastic --nproc-per-node 2 --rank0-only\nimport os\nfrom IPython.display import HTML, display\n"
+            "import matplotlib.pyplot as plt\ndisplay(HTML('<b>x' + os.environ['RANK'] + '</b>'))\n"
+            "plt.plot([1, 2, 3])\nplt.show()\n")
+    content, msgs = kernel.run(code)
+    assert content["status"] == "ok", content
+    shown = [m["content"] for m in msgs if m["msg_type"] == "display_data"
+             and m["content"]["metadata"].get("ptjupyter", {}).get("rank") is not None]
+    assert [c["metadata"]["ptjupyter"]["rank"] for c in shown] == [0, 0]  # rank 1's are filtered
+    assert shown[0]["data"]["text/html"] == "<b>x0</b>" and shown[0]["data"]["text/plain"].startswith("[rank0] ")
+    assert shown[1]["data"]["image/png"].startswith("iVBOR")
+    assert "<b>x1</b>" not in str(msgs)

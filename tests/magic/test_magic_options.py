@@ -123,7 +123,7 @@ def test_debug_shows_decision_lines_with_sources(ip, capsys):
 
 @pytest.mark.parametrize("line, needle", [
     ("--nproc-per-node 0", "nproc_per_node=0"),
-    ("--nproc-per-node two", "invalid int value: 'two'"),
+    ("--nproc-per-node two", "nproc_per_node='two' (from cell flags) is not accepted; expected an int >= 1, or auto"),
     ("--nnodes 0", "nnodes='0'"),
     ("--nnodes 4:2", "nnodes='4:2'"),
     ("--nnodes 2", "--target k8s"),  # several nodes locally: refused at once
