@@ -154,7 +154,7 @@ def test_grace_sets_the_time_between_sigterm_and_sigkill():
         p.wait(5)
     assert 0.2 <= took[0.2] < 1.0 and took[1.2] >= 1.2, took
     from ptjupyter import Layer, resolve
-    from ptjupyter.local.launch import _Launch
+    from ptjupyter.local.launch import Launch
 
-    launch = _Launch(resolve(layers=[Layer("f", {"nproc_per_node": 2, "grace": 3})]), None, (), {}, None)
+    launch = Launch(resolve(layers=[Layer("f", {"nproc_per_node": 2, "grace": 3})]), None, (), {}, None)
     assert launch.grace == 3.0 and launch.launch_config("spawn").shutdown_timeout == 3  # --grace reaches both
