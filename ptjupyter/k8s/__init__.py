@@ -84,13 +84,7 @@ def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = 
                      "else default)")
     if plan.api_open:
         lines.append("# api auto: this PyTorchJob if the cluster serves no trainjobs.trainer.kubeflow.org/v1alpha1")
-    lines += ["---", yaml.safe_dump(job, sort_keys=False).rstrip()]
-    if plan.api_open:  # the cluster's discovery decides; show both
-        alt = prepare(dataclasses.replace(plan, mode=Mode.TRAINJOB), fn, shipped, name=job["metadata"]["name"],
-                      payload=payload)[0]
-        lines += ["# ... else (Kubeflow Trainer v2 served) this TrainJob:", "---",
-                  yaml.safe_dump(alt, sort_keys=False).rstrip()]
-    lines += ["---",
+    lines += ["---", yaml.safe_dump(job, sort_keys=False).rstrip(), "---",
               yaml.safe_dump(cm_summary, sort_keys=False).rstrip(),
               "# data/binaryData (mounted at /etc/ptjupyter, owned by the job once it exists):"]
     for key in sorted(payload.files):
@@ -99,4 +93,9 @@ def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = 
     shipped_txt = ", ".join(f"{k} ({human(v) if v >= 0 else 'unpicklable'})" for k, v in sorted(payload.sizes.items()))
     lines.append(f"# shipped: {shipped_txt or 'nothing'}")
     lines.append(f"# payload: {human(payload.size)} of the 1.0 MiB ConfigMap limit (pickled cell {human(payload.pickled)})")
+    if plan.api_open:  # the cluster's discovery decides; show both
+        alt = prepare(dataclasses.replace(plan, mode=Mode.TRAINJOB), fn, shipped, name=job["metadata"]["name"],
+                      payload=payload)[0]
+        lines += ["# ... else (Kubeflow Trainer v2 served) this TrainJob, with the same payload:", "---",
+                  yaml.safe_dump(alt, sort_keys=False).rstrip()]
     return "\n".join(lines) + "\n"

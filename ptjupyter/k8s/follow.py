@@ -309,6 +309,8 @@ class Follower:
             self._show_status()
         elif kind == "job-gone":
             self.job_gone = True
+        elif kind == "pods-synced":
+            self._show_status()
         elif kind == "pod":
             typ, pod = item[1], item[2]
             uid = pod["metadata"].get("uid")

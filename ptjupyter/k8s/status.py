@@ -130,12 +130,12 @@ def status_text(job: str, state: tuple, pods: Sequence[dict], events: Mapping[st
     """The status line of job ``job``: ``Running, 1/2 pods running; waiting: worker-1: ...`` (None: nothing to
     say yet). ``events`` maps an object name to its latest (reason, message) warning."""
     name, _, message = state
+    if name == "Queued":  # Kueue holds the job: no pods until it is admitted
+        return message
     if not pods and not pods_synced:
         return None
     if name in FINAL:
         return name + (f": {message}" if message and name == "Failed" else "")
-    if name == "Queued":
-        return message
     why = ""
     for p in sorted(pods, key=lambda p: p["metadata"]["name"]):
         if (p.get("status") or {}).get("phase", "Pending") == "Pending":

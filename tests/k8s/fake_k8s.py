@@ -16,6 +16,8 @@ the REST paths ptjupyter uses, the way the real apiserver answers them:
   (cut a log stream after N lines, optionally mid-line), :meth:`drop_watches`, :meth:`compact`
   (410 Gone for every older resourceVersion), :meth:`hold_pods` (pods stay Pending: FailedScheduling,
   or ImagePullBackOff), :meth:`restart_container` (the kubelet restarts a crashed container).
+- Kubeflow Trainer v2 (``trainer=True``): TrainJob, ClusterTrainingRuntime, TrainingRuntime, JobSet and their
+  discovery, with the fake controller of fake_trainer.py; ``kueue=True`` holds queued TrainJobs until :meth:`admit`.
 - the operator: for each PyTorchJob/Job created it makes the pods (operator names and labels),
   materialises their ConfigMap volumes in a temp dir, starts the container command as a REAL local
   process with the environment the training operator injects (rendezvous on 127.0.0.1:<free port>),
