@@ -10,7 +10,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .errors import InvalidType, InvalidValue
 
-__all__ = ["K8sOptions", "QUANTITY"]
+__all__ = ["K8sOptions", "QUANTITY", "RUNTIME_KINDS"]
+
+RUNTIME_KINDS = ("ClusterTrainingRuntime", "TrainingRuntime")
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -34,6 +36,10 @@ class K8sOptions:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: Sequence[Mapping[str, Any]] = ()
     service_account: Optional[str] = None
+    runtime: str = "torch-distributed"  # TrainJob: runtimeRef.name
+    runtime_kind: str = "ClusterTrainingRuntime"  # TrainJob: or TrainingRuntime (in the job's namespace)
+    queue: Optional[str] = None  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name on the job
+    priority_class: Optional[str] = None  # Kueue WorkloadPriorityClass: label kueue.x-k8s.io/priority-class
 
     def __post_init__(self):
         if self.image is not None and (not isinstance(self.image, str) or not _IMAGE.match(self.image)):
@@ -52,6 +58,16 @@ class K8sOptions:
                 f"job_name={self.job_name!r} is not accepted; expected a DNS-1035 label (starts with a letter; "
                 "lower-case letters, digits and '-'; at most 50 characters so pod names fit)"
             )
+        for name in ("runtime", "queue", "priority_class"):
+            value = getattr(self, name)
+            if value is None and name != "runtime":
+                continue
+            if not isinstance(value, str) or not _DNS1123_LABEL.match(value) or len(value) > 63:
+                raise InvalidValue(f"{name}={value!r} is not accepted; expected a DNS-1123 name (lower-case letters, "
+                                   "digits and '-', at most 63 characters)")
+        if self.runtime_kind not in RUNTIME_KINDS:
+            raise InvalidValue(f"runtime_kind={self.runtime_kind!r} is not accepted; expected one of "
+                               f"{', '.join(RUNTIME_KINDS)}")
         for name in ("requests", "limits"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):

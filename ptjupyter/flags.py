@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 
 from .errors import InvalidType, InvalidValue
 
-__all__ = ["nproc_per_node", "rdzv_conf", "ranks", "grace", "log_dir", "gpus", "NPROC_WORDS"]
+__all__ = ["nproc_per_node", "rdzv_conf", "ranks", "grace", "log_dir", "gpus", "NPROC_WORDS", "check_run_options"]
 
 NPROC_WORDS = ("auto", "gpu", "cpu")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -122,3 +122,17 @@ def gpus(value: Any, source: str) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidValue(f"gpus={value!r} (from {source}) is not accepted; expected GPUs per node, an int >= 0")
     return value
+
+
+def check_run_options(run: dict, sources: Mapping[str, str]) -> None:
+    """Check (and normalise in place) the options of one run: timeout, fresh, detach, session, ranks, log_dir, grace."""
+    timeout = run.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise InvalidValue(f"timeout={timeout!r} (from {sources['timeout']}) is not accepted; expected a number of "
+                           "seconds > 0 or None")
+    for key in ("fresh", "detach", "session"):
+        if key in run and not isinstance(run[key], bool):
+            raise InvalidType(f"{key}={run[key]!r} (from {sources[key]}) is not accepted; expected True or False")
+    for key in ("ranks", "log_dir", "grace"):
+        if key in run:
+            run[key] = globals()[key](run[key], sources[key])

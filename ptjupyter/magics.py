@@ -18,9 +18,10 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Enum, Float, Int, Unicode, Union
 
+from .cluster import RUNTIME_KINDS
 from .config import START_METHODS, Elastic, PyTorch
 from .display import STATUS_MODES
-from .plan import PREFIX, TARGETS, Layer
+from .plan import APIS, PREFIX, TARGETS, Layer
 from .usage import OptionError
 
 __all__ = ["PytorchElastic", "load_ipython_extension", "unload_ipython_extension", "CONFIG_KEYS"]
@@ -29,7 +30,7 @@ logger = logging.getLogger("ptjupyter")
 
 # traits that are plan overrides (the "%config" layer); the others steer the magic itself
 CONFIG_KEYS = ("nnodes", "nproc_per_node", "max_restarts", "start_method", "monitor_interval", "target",
-               "image", "namespace", "context", "timeout")
+               "image", "namespace", "context", "timeout", "api", "runtime", "queue", "priority_class")
 
 
 @magics_class
@@ -57,6 +58,14 @@ class PytorchElastic(Magics):
     namespace = Unicode(None, allow_none=True,
                         help="k8s: namespace of the job (default: the kubeconfig context's).").tag(config=True)
     context = Unicode(None, allow_none=True, help="k8s: kubeconfig context (default: the current one).").tag(config=True)
+    api = Unicode(None, allow_none=True,
+                  help="k8s: auto (default: a TrainJob when the cluster serves Kubeflow Trainer v2 and nnodes is fixed, a "
+                       "PyTorchJob for an elastic range or without Trainer, a Job for one node), trainjob, pytorchjob or "
+                       "job.").tag(config=True)
+    runtime = Unicode(None, allow_none=True, help="k8s TrainJob: the runtime (default torch-distributed).").tag(config=True)
+    queue = Unicode(None, allow_none=True, help="k8s: Kueue LocalQueue (label kueue.x-k8s.io/queue-name).").tag(config=True)
+    priority_class = Unicode(None, allow_none=True,
+                             help="k8s: Kueue priority class (label kueue.x-k8s.io/priority-class).").tag(config=True)
     timeout = Float(None, allow_none=True,
                     help="Seconds after which every rank of a cell is stopped (None: no limit).").tag(config=True)
     rank0_only = Bool(False, help="Show only rank 0's output lines.").tag(config=True)
@@ -125,6 +134,12 @@ class PytorchElastic(Magics):
     @argument("--namespace", help="k8s: namespace (default: the kubeconfig context's).")
     @argument("--context", help="k8s: kubeconfig context.")
     @argument("--job-name", help="k8s: job name (DNS-1035 label; default generated).")
+    @argument("--api", choices=APIS, help="k8s: auto (default), trainjob, pytorchjob or job.")
+    @argument("--runtime", metavar="NAME", help="k8s TrainJob: the training runtime (default torch-distributed).")
+    @argument("--runtime-kind", choices=RUNTIME_KINDS, help="k8s TrainJob: ClusterTrainingRuntime (default) or "
+                                                            "TrainingRuntime (in the job's namespace).")
+    @argument("--queue", metavar="NAME", help="k8s: Kueue LocalQueue to submit to (kueue.x-k8s.io/queue-name).")
+    @argument("--priority-class", metavar="NAME", help="k8s: Kueue priority class (kueue.x-k8s.io/priority-class).")
     @argument("--detach", action="store_true", default=None,
               help="k8s: submit and return at once; the job keeps running.")
     @cell_magic
@@ -165,6 +180,8 @@ class PytorchElastic(Magics):
             "nnodes": args.nnodes, "nproc_per_node": args.nproc_per_node, "max_restarts": args.max_restarts,
             "start_method": args.start_method, "target": args.target, "image": args.image,
             "namespace": args.namespace, "context": args.context, "job_name": args.job_name,
+            "api": args.api, "runtime": args.runtime, "runtime_kind": args.runtime_kind, "queue": args.queue,
+            "priority_class": args.priority_class,
             "timeout": args.timeout, "fresh": args.fresh, "detach": args.detach, "session": args.session,
             "ranks": args.ranks if args.ranks is not None else "0" if args.rank0_only else None,
             "log_dir": args.log_dir, "rdzv_configs": args.rdzv_conf, "grace": args.grace, "gpus": args.gpus,

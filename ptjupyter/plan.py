@@ -16,34 +16,15 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from . import flags
 from .cluster import K8sOptions
 from .config import ELASTIC_DEFAULT_MONITOR_INTERVAL, Elastic, PyTorch, given_fields, parse_nnodes
+from .debug import PREFIX, logger, set_debug
 from .errors import InvalidType, InvalidValue
 
 __all__ = ["Mode", "Rendezvous", "Layer", "K8sOptions", "Plan", "resolve", "logger", "set_debug", "OVERRIDE_KEYS",
-           "TARGETS", "RUN_KEYS"]
+           "TARGETS", "RUN_KEYS", "APIS"]
 
-logger = logging.getLogger("ptjupyter")
-PREFIX = "[PYTORCH_ELASTIC]"
 TARGETS = ("local", "k8s")
+APIS = ("auto", "trainjob", "pytorchjob", "job")  # the Kubernetes API a k8s run submits to (auto: see resolve)
 LOCAL_MONITOR_INTERVAL = 0.1  # seconds; the end of a local run must be noticed at once
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (a kernel or pytest swaps it per cell/test)."""
-
-    stream = property(lambda self: __import__("sys").stderr, lambda self, value: None)
-
-
-def set_debug(on: bool = True) -> None:
-    """Show (or hide) the ``[PYTORCH_ELASTIC]`` decision lines on stderr. Also: ``PTJUPYTER_DEBUG=1``."""
-    logger.setLevel(logging.DEBUG if on else logging.WARNING)
-    if on and not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        h = _StderrHandler()
-        h.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(h)
-
-
-if os.environ.get("PTJUPYTER_DEBUG", "").lower() in ("1", "true", "yes", "on"):
-    set_debug(True)
 
 
 class Mode(str, Enum):
@@ -52,7 +33,8 @@ class Mode(str, Enum):
     DIRECT = "direct"  # world size 1: a plain call in this process, no rendezvous
     ELASTIC = "elastic"  # one node, several processes: torch's elastic_launch here
     POD = "pod"  # Kubernetes, one node: a plain batch/v1 Job whose pod runs DIRECT or ELASTIC
-    PYTORCHJOB = "pytorchjob"  # Kubernetes, several nodes: a Kubeflow PyTorchJob
+    PYTORCHJOB = "pytorchjob"  # Kubernetes, several nodes: a Kubeflow v1 PyTorchJob
+    TRAINJOB = "trainjob"  # Kubernetes: a Kubeflow Trainer v2 TrainJob (fixed node count, torch-distributed runtime)
     SESSION = "session"  # the persistent ranks of this kernel's session (ptjupyter.session)
 
 
@@ -79,7 +61,7 @@ K8S_KEYS = tuple(f.name for f in dataclasses.fields(K8sOptions))
 ELASTIC_KEYS = ("nnodes", "nproc_per_node", "start_method", "monitor_interval", "max_restarts", "rdzv_configs")
 # how this one run goes, not what the job is
 RUN_KEYS = ("timeout", "fresh", "detach", "session", "ranks", "log_dir", "grace")
-OVERRIDE_KEYS = ("target", "rdzv_backend", "backend", "gpus") + ELASTIC_KEYS + K8S_KEYS + RUN_KEYS
+OVERRIDE_KEYS = ("target", "api", "rdzv_backend", "backend", "gpus") + ELASTIC_KEYS + K8S_KEYS + RUN_KEYS
 BACKENDS = ("auto", "gloo", "nccl")  # a session's process group; auto: nccl with a GPU, else gloo
 RDZV_BACKENDS = ("c10d", "static", "etcd", "etcd-v2")
 # a cluster job has its own deadline (RunPolicy), starts its own processes and keeps its pods' logs
@@ -120,6 +102,13 @@ class Plan:
     grace: Optional[float] = None  # local: seconds between SIGTERM and SIGKILL; None: reaper.TERM_WAIT
     gpus: Optional[int] = None  # k8s: nvidia.com/gpu per node (requests and limits of every training container)
     warnings: tuple = ()
+    api: str = "auto"  # k8s: the API asked for; "auto" + api_open: ptjupyter.k8s.discovery settles it once connected
+
+    @property
+    def api_open(self) -> bool:
+        """k8s, ``api='auto'``, a fixed node count > 1: TrainJob if the cluster serves it, else PyTorchJob."""
+        return (self.api == "auto" and self.mode is Mode.PYTORCHJOB and isinstance(self.config, Elastic)
+                and self.min_nodes == self.max_nodes)
 
     @property
     def world_size(self) -> int:
@@ -146,7 +135,13 @@ class Plan:
             if value is not None:
                 rows.append(f"{key}: {value}  [{self.sources.get(key, 'default')}]")
         if self.target == "k8s":
-            for key in ("image", "namespace", "context", "job_name"):
+            api = (f"{self.api} -> trainjob if the cluster serves trainjobs.trainer.kubeflow.org, else pytorchjob"
+                   if self.api_open else f"{self.api} -> {self.mode.value}")
+            rows.append(f"api: {api}  [{self.sources.get('api', 'default')}]")
+            keys = ("image", "namespace", "context", "job_name") + (
+                ("runtime", "runtime_kind") if self.mode is Mode.TRAINJOB or self.api_open else ()) + tuple(
+                k for k in ("queue", "priority_class") if getattr(self.k8s, k))
+            for key in keys:
                 value = getattr(self.k8s, key)
                 if key == "namespace" and value is None:
                     value = "the kubeconfig context's"
@@ -181,7 +176,10 @@ def resolve(
     - local, world size 1 -> ``DIRECT``; local, one node, several processes -> ``ELASTIC``;
     - local, several nodes -> an error (say ``--target k8s``), unless the torch elastic environment
       of a PyTorchJob pod (``PET_NNODES``) is present, then ``ELASTIC`` with the operator's rendezvous;
-    - k8s, one node -> ``POD``; k8s, several nodes or a ``PyTorch`` config -> ``PYTORCHJOB``.
+    - k8s: ``api`` (default ``auto``) picks the API: one node -> ``POD`` (a batch Job), an elastic range or a
+      ``PyTorch`` config -> ``PYTORCHJOB``, a fixed node count -> ``PYTORCHJOB`` with ``plan.api_open``, which
+      :func:`ptjupyter.k8s.discovery.settle` turns into ``TRAINJOB`` once connected when the cluster serves it;
+      ``api='trainjob'|'pytorchjob'|'job'`` asks for one (``TRAINJOB``/``PYTORCHJOB``/``POD``).
 
     Every bad value raises a one-line :class:`~ptjupyter.errors.InvalidValue`/``InvalidType`` naming
     it, before anything starts. Options that do not apply to the mode (``timeout``/``fresh`` on
@@ -195,10 +193,10 @@ def resolve(
     sources: dict[str, str] = {k: base_source for k in ELASTIC_KEYS}
     explicit = set(given_fields(config))  # keys someone set, even to the default value
     elastic_values = _config_fields(config) if isinstance(config, Elastic) else {}
-    other: dict[str, Any] = {"target": target or "local", "rdzv_backend": "c10d", "backend": "auto"}
+    other: dict[str, Any] = {"target": target or "local", "api": "auto", "rdzv_backend": "c10d", "backend": "auto"}
     run: dict[str, Any] = {}
     sources["target"] = "argument" if target else "default"
-    sources["rdzv_backend"] = sources["backend"] = "default"
+    sources["rdzv_backend"] = sources["backend"] = sources["api"] = "default"
     config_level = -1
     for level, layer in enumerate(layers):
         if isinstance(layer.values, (Elastic, PyTorch)):
@@ -233,6 +231,8 @@ def resolve(
     target = other.pop("target")
     if target not in TARGETS:
         raise InvalidValue(f"target={target!r} (from {sources['target']}) is not accepted; expected one of {', '.join(TARGETS)}")
+    if (api := other.pop("api")) not in APIS:
+        raise InvalidValue(f"api={api!r} (from {sources['api']}) is not accepted; expected one of {', '.join(APIS)}")
     rdzv_backend = other.pop("rdzv_backend")
     if rdzv_backend not in RDZV_BACKENDS:
         raise InvalidValue(
@@ -241,7 +241,7 @@ def resolve(
         )
     if (backend := other.pop("backend")) not in BACKENDS:
         raise InvalidValue(f"backend={backend!r} (from {sources['backend']}) is not accepted; expected {', '.join(BACKENDS)}")
-    _check_run_options(run, sources)
+    flags.check_run_options(run, sources)
     gpus = flags.gpus(other.pop("gpus", None), sources.get("gpus", "default"))
     if isinstance(config, Elastic):
         if isinstance(elastic_values.get("nproc_per_node"), str):
@@ -277,10 +277,7 @@ def resolve(
         raise InvalidValue(f"session=True (from {sources['session']}) is not accepted with target={target!r} and "
                            f"{max_nodes} node(s): a session's ranks run on this machine; use target='local', nnodes=1")
     if target == "k8s":
-        if isinstance(config, PyTorch) or max_nodes > 1:
-            mode = Mode.PYTORCHJOB
-        else:
-            mode = Mode.POD
+        mode = _k8s_mode(api, config, min_nodes, max_nodes, sources)
     elif run.get("session"):
         mode = Mode.SESSION
     elif isinstance(config, PyTorch):
@@ -317,6 +314,8 @@ def resolve(
         sources["monitor_interval"] += f" {ELASTIC_DEFAULT_MONITOR_INTERVAL} s -> local {LOCAL_MONITOR_INTERVAL} s"
 
     notes = []
+    if target == "local" and sources["api"] != "default":
+        notes.append(f"api={api!r} (from {sources['api']}) does not apply to a local run; ignored")
     dropped = _LOCAL_ONLY if target == "k8s" else _K8S_ONLY
     run["gpus"] = gpus
     for key in dropped:
@@ -342,6 +341,7 @@ def resolve(
         sources=dict(sources), run_id=run_id, rendezvous=rendezvous, timeout=run.get("timeout"),
         fresh=bool(run.get("fresh", False)), detach=bool(run.get("detach", False)), backend=backend,
         ranks=shown, log_dir=run.get("log_dir"), grace=run.get("grace"), gpus=run.get("gpus"), warnings=tuple(notes),
+        api=api,
     )
     if logger.isEnabledFor(logging.DEBUG):
         nn = getattr(config, "nnodes", f"1+{min_nodes - 1}")
@@ -360,17 +360,28 @@ def resolve(
     return plan
 
 
-def _check_run_options(run: dict, sources: Mapping[str, str]) -> None:
-    timeout = run.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-        raise InvalidValue(f"timeout={timeout!r} (from {sources['timeout']}) is not accepted; expected a number of "
-                           "seconds > 0 or None")
-    for key in ("fresh", "detach", "session"):
-        if key in run and not isinstance(run[key], bool):
-            raise InvalidType(f"{key}={run[key]!r} (from {sources[key]}) is not accepted; expected True or False")
-    for key in ("ranks", "log_dir", "grace"):
-        if key in run:
-            run[key] = getattr(flags, key)(run[key], sources[key])
+def _k8s_mode(api: str, config, min_nodes: int, max_nodes: int, sources: Mapping[str, str]) -> Mode:
+    """The Kubernetes mode ``api`` asks for; ``auto``: one node -> a batch Job, an elastic range or a PyTorch
+    (Master/Worker) config -> PyTorchJob, a fixed count -> PyTorchJob until discovery says TrainJob is served."""
+    pytorch, elastic = isinstance(config, PyTorch), min_nodes < max_nodes
+    nn = f"{min_nodes}:{max_nodes}" if elastic else str(max_nodes)
+    if api == "job":
+        if pytorch or max_nodes > 1:
+            raise InvalidValue(f"api='job' (from {sources['api']}) is not accepted with nnodes={nn!r}: a batch Job runs "
+                               "one pod; use api='trainjob', 'pytorchjob' or 'auto'")
+        return Mode.POD
+    if api == "trainjob":
+        if pytorch:
+            raise InvalidValue(f"api='trainjob' (from {sources['api']}) is not accepted with a PyTorch (Master/Worker) "
+                               "config, the v1 PyTorchJob shape; use Elastic(nnodes=N) or api='pytorchjob'")
+        if elastic:
+            raise InvalidValue(f"api='trainjob' (from {sources['api']}) is not accepted with nnodes={nn!r}: Kubeflow "
+                               "Trainer v2 has no elastic training yet (a TrainJob has a fixed numNodes); use a fixed "
+                               "nnodes or api='pytorchjob'")
+        return Mode.TRAINJOB
+    if api == "pytorchjob" or pytorch or max_nodes > 1:
+        return Mode.PYTORCHJOB
+    return Mode.POD
 
 
 def _cuda_initialized() -> bool:

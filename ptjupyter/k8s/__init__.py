@@ -1,4 +1,4 @@
-"""Run a cell on Kubernetes: a Kubeflow PyTorchJob (several nodes) or a batch/v1 Job (one node).
+"""Run a cell on Kubernetes: a Kubeflow Trainer v2 TrainJob or v1 PyTorchJob (several nodes) or a batch/v1 Job.
 
 ``run(plan, fn)`` submits, follows (status line, live ``[worker-i]`` logs) and returns rank 0's value;
 ``dry_run(plan, fn)`` shows what would be sent. The ``kubernetes`` client is imported only when used.
@@ -37,6 +37,7 @@ def run(plan, fn: Callable[[], Any], *, sink=None, detach: bool = False, api_cli
     (the job keeps running; the hint to reattach or cancel is printed).
     """
     from .client import connect
+    from .discovery import settle
     from .follow import Follower, reattach_hint
     from .submit import prepare, submit
 
@@ -48,6 +49,13 @@ def run(plan, fn: Callable[[], Any], *, sink=None, detach: bool = False, api_cli
             plan = dataclasses.replace(plan, k8s=dataclasses.replace(plan.k8s, namespace=kube.namespace))
             for manifest in prepared[:2]:
                 manifest["metadata"]["namespace"] = kube.namespace
+    with _as_k8s_error("asking the cluster which job APIs it serves failed (nothing was submitted)"):
+        settled = settle(kube, plan)
+    if settled.mode is not plan.mode:  # api auto: a TrainJob after all
+        plan = settled
+        prepared = prepare(plan, fn, shipped, name=prepared[0]["metadata"]["name"], payload=prepared[2])
+        for manifest in prepared[:2]:
+            manifest["metadata"]["namespace"] = kube.namespace
     name = prepared[0]["metadata"]["name"]
     with _as_k8s_error(f"submitting job {kube.namespace}/{name} failed (%pytorch_elastic_jobs shows whether it exists)"):
         ref = submit(kube, plan, fn, shipped, out=out, prepared=prepared)
@@ -64,6 +72,7 @@ def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = 
     """The manifests as YAML plus the shipped names and payload size; nothing is sent anywhere."""
     import yaml
 
+    from ..plan import Mode
     from .payload import human
     from .submit import prepare
 
@@ -73,6 +82,8 @@ def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = 
     if plan.k8s.namespace is None:
         lines.append("# namespace: none given, so the kubeconfig context's (the service account's in a cluster, "
                      "else default)")
+    if plan.api_open:
+        lines.append("# api auto: this PyTorchJob if the cluster serves no trainjobs.trainer.kubeflow.org/v1alpha1")
     lines += ["---", yaml.safe_dump(job, sort_keys=False).rstrip(), "---",
               yaml.safe_dump(cm_summary, sort_keys=False).rstrip(),
               "# data/binaryData (mounted at /etc/ptjupyter, owned by the job once it exists):"]
@@ -82,4 +93,9 @@ def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = 
     shipped_txt = ", ".join(f"{k} ({human(v) if v >= 0 else 'unpicklable'})" for k, v in sorted(payload.sizes.items()))
     lines.append(f"# shipped: {shipped_txt or 'nothing'}")
     lines.append(f"# payload: {human(payload.size)} of the 1.0 MiB ConfigMap limit (pickled cell {human(payload.pickled)})")
+    if plan.api_open:  # the cluster's discovery decides; show both
+        alt = prepare(dataclasses.replace(plan, mode=Mode.TRAINJOB), fn, shipped, name=job["metadata"]["name"],
+                      payload=payload)[0]
+        lines += ["# ... else (Kubeflow Trainer v2 served) this TrainJob, with the same payload:", "---",
+                  yaml.safe_dump(alt, sort_keys=False).rstrip()]
     return "\n".join(lines) + "\n"

@@ -20,6 +20,11 @@ BACKOFF = 0.25  # base of watch.backoff for requests
 # resource -> collection path template
 PATHS = {
     "pytorchjobs": "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs",
+    "trainjobs": "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs",
+    "trainingruntimes": "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainingruntimes",
+    "clustertrainingruntimes": "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes",
+    "apis:trainer.kubeflow.org/v1alpha1": "/apis/trainer.kubeflow.org/v1alpha1",  # discovery
+    "apis:kubeflow.org/v1": "/apis/kubeflow.org/v1",
     "jobs": "/apis/batch/v1/namespaces/{ns}/jobs",
     "configmaps": "/api/v1/namespaces/{ns}/configmaps",
     "pods": "/api/v1/namespaces/{ns}/pods",

@@ -51,6 +51,9 @@ class JobFailed(PtjupyterError, RuntimeError):
 
 _KINDS = {
     "pytorchjobs": ("PyTorchJob", "kubeflow.org"),
+    "trainjobs": ("TrainJob", "trainer.kubeflow.org"),
+    "clustertrainingruntimes": ("ClusterTrainingRuntime", "trainer.kubeflow.org"),
+    "trainingruntimes": ("TrainingRuntime", "trainer.kubeflow.org"),
     "jobs": ("Job", "batch"),
     "configmaps": ("ConfigMap", ""),
     "pods": ("Pod", ""),
@@ -85,6 +88,10 @@ def translate(exc, verb: str, resource: str, namespace: str, name: Optional[str]
         details = body.get("details") or {}
         if details.get("kind") == "namespaces" or "namespaces" in server and "not found" in server:
             msg = f"Kubernetes API: namespace {namespace!r} not found (404); create it or pass another --namespace"
+        elif resource == "trainjobs" and (not name or not details.get("name")) and (
+                "could not find the requested resource" in server or not details):
+            msg = ("Kubernetes API: the TrainJob resource (trainjobs.trainer.kubeflow.org/v1alpha1) is not installed on "
+                   "this cluster (404): install Kubeflow Trainer v2, or use --api pytorchjob / --api auto")
         elif resource == "pytorchjobs" and (not name or not details.get("name")) and (
                 "could not find the requested resource" in server or not details):
             msg = ("Kubernetes API: the PyTorchJob resource (pytorchjobs.kubeflow.org/v1) is not installed on this cluster "

@@ -1,5 +1,5 @@
 """Follow a submitted job until it ends: say why it waits, show every pod's log live with a ``[worker-i]``
-prefix, and bring rank 0's return value back.
+prefix (``[node-i]`` in a TrainJob), and bring rank 0's return value back.
 
 Threads: a :class:`~ptjupyter.k8s.watch.ResumableWatch` each for the job, its pods and the namespace's
 events, a :class:`~ptjupyter.k8s.logs.LogTail` per pod; they feed one queue that the calling thread
@@ -17,17 +17,18 @@ from typing import Any, Callable, Optional
 from . import watch as _watch
 from .errors import JobDeleted, JobFailed, K8sError, ResultUnreadable
 from .logs import LogTail
-from .manifest import CONTAINER, LABEL_JOB
 from .ref import JobRef
 from .result import ResultReader, decode
 from .status import (
     FINAL,
     LAST_LINES,
     WAIT_REASONS,
+    container_name,
     container_status,
     failure_lines,
     job_state,
     pod_label,
+    pod_selector,
     pod_state,
     started,
     status_text,
@@ -35,6 +36,7 @@ from .status import (
 
 __all__ = ["Follower", "JobRef", "reattach_hint"]
 
+CUSTOM = {"pytorchjobs": ("kubeflow.org", "v1"), "trainjobs": ("trainer.kubeflow.org", "v1alpha1")}
 FAILED_DRAIN = 2.0  # seconds to collect the lines in flight after a job failed
 
 
@@ -110,7 +112,7 @@ class Follower:
         self.q.put(("job-gone", obj) if typ == "DELETED" else ("job", obj))
 
     def _pods_relist(self) -> str:
-        data = self.kube.request("GET", "pods", query=[("labelSelector", f"{LABEL_JOB}={self.ref.name}")])
+        data = self.kube.request("GET", "pods", query=[("labelSelector", pod_selector(self.ref.resource, self.ref.name))])
         with self.cond:
             names = set()
             for pod in data.get("items") or []:
@@ -207,7 +209,7 @@ class Follower:
             return self.kube.core.read_namespaced_pod_log(name, self.ref.namespace, **kw)
 
         rec.tail = LogTail(
-            name, container=CONTAINER, open_stream=open_stream, wait_started=lambda: self.wait_started(name, uid),
+            name, container=container_name(pod), open_stream=open_stream, wait_started=lambda: self.wait_started(name, uid),
             pod_now=lambda: self.pod_now(name, uid), wait_change=lambda t: self.wait_pod_change(name, t),
             on_line=on_line, on_note=lambda text: self.q.put(("note", text)),
             on_done=lambda: self.q.put(("tail-done", uid)), stop=self.stop, namespace=self.ref.namespace,
@@ -217,14 +219,14 @@ class Follower:
     # -- main loop (the caller's thread) -----------------------------------------------------
     def _start(self) -> None:
         kube, ns = self.kube, self.ref.namespace
-        if self.ref.resource == "pytorchjobs":
-            job_fn, job_args = kube.custom.list_namespaced_custom_object, ("kubeflow.org", "v1", ns, "pytorchjobs")
+        if self.ref.resource in CUSTOM:
+            job_fn, job_args = kube.custom.list_namespaced_custom_object, (*CUSTOM[self.ref.resource], ns, self.ref.resource)
         else:
             job_fn, job_args = kube.batch.list_namespaced_job, (ns,)
         specs = [
             ("job", self.ref.resource, job_fn, job_args, {"field_selector": f"metadata.name={self.ref.name}"},
              self._job_relist, self._job_event),
-            ("pods", "pods", kube.core.list_namespaced_pod, (ns,), {"label_selector": f"{LABEL_JOB}={self.ref.name}"},
+            ("pods", "pods", kube.core.list_namespaced_pod, (ns,), {"label_selector": pod_selector(self.ref.resource, self.ref.name)},
              self._pods_relist, self._pod_update),
             ("events", "events", kube.core.list_namespaced_event, (ns,), {}, self._events_relist, self._event),
         ]
@@ -307,6 +309,8 @@ class Follower:
             self._show_status()
         elif kind == "job-gone":
             self.job_gone = True
+        elif kind == "pods-synced":
+            self._show_status()
         elif kind == "pod":
             typ, pod = item[1], item[2]
             uid = pod["metadata"].get("uid")

@@ -19,7 +19,7 @@ from .status import job_state
 __all__ = ["main", "list_jobs", "find", "attach", "cancel", "USAGE", "parse"]
 
 USAGE = __doc__.split("\n\n", 1)[1]
-RESOURCES = ("pytorchjobs", "jobs")
+RESOURCES = ("trainjobs", "pytorchjobs", "jobs")
 
 
 def list_jobs(kube) -> list:
@@ -29,13 +29,13 @@ def list_jobs(kube) -> list:
         try:
             data = kube.request("GET", resource, query=[("labelSelector", f"{LABEL_MANAGED}=ptjupyter")])
         except K8sError as e:
-            if e.status == 404 and resource == "pytorchjobs":
+            if e.status == 404 and resource != "jobs":
                 continue  # no training operator on this cluster: only plain Jobs can exist
             raise
         for obj in data.get("items") or []:
             md = obj.get("metadata") or {}
             state, _, message = job_state(obj, resource)
-            rows.append((md.get("name", "?"), "PyTorchJob" if resource == "pytorchjobs" else "Job", state,
+            rows.append((md.get("name", "?"), JobRef("", "", resource).kind, state,
                          md.get("creationTimestamp", ""), message))
     rows.sort(key=lambda r: r[3], reverse=True)
     return rows

@@ -18,6 +18,7 @@ from ..cluster import QUANTITY
 from ..config import Elastic, PyTorch, RestartPolicy
 from ..errors import InvalidValue
 from ..plan import Mode, Plan
+from . import kueue
 
 __all__ = [
     "PAYLOAD_DIR", "CONTAINER", "LABEL_MANAGED", "LABEL_JOB", "ANNOTATION_NONCE", "new_job_name",
@@ -231,7 +232,8 @@ def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> d
     annotations = {**plan.k8s.annotations, ANNOTATION_WORLD: str(plan.world_size)}
     if nonce:
         annotations[ANNOTATION_NONCE] = nonce
-    meta = {"name": name, "namespace": plan.k8s.namespace, "labels": _labels(plan, name), "annotations": annotations}
+    meta = {"name": name, "namespace": plan.k8s.namespace, "labels": {**_labels(plan, name), **kueue.labels(plan)},
+            "annotations": annotations}
     if meta["namespace"] is None:  # the kubeconfig context's: filled in once connected
         del meta["namespace"]
     rp = _run_policy(plan)

@@ -11,7 +11,7 @@ __all__ = ["JobRef"]
 
 @dataclass
 class JobRef:
-    """A submitted job: ``resource`` is ``"pytorchjobs"`` or ``"jobs"``; ``nonce`` marks its result lines."""
+    """A submitted job: ``resource`` is ``"trainjobs"``, ``"pytorchjobs"`` or ``"jobs"``; ``nonce`` marks its result lines."""
 
     name: str
     namespace: str
@@ -21,7 +21,7 @@ class JobRef:
 
     @property
     def kind(self) -> str:
-        return "PyTorchJob" if self.resource == "pytorchjobs" else "Job"
+        return {"pytorchjobs": "PyTorchJob", "trainjobs": "TrainJob"}.get(self.resource, "Job")
 
     @classmethod
     def from_object(cls, obj: dict, resource: str, namespace: str = "default") -> "JobRef":

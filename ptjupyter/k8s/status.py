@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from typing import Mapping, Optional, Sequence
 
-from .manifest import CONTAINER, LABEL_HAS_MASTER
+from . import kueue
+from .manifest import CONTAINER, LABEL_HAS_MASTER, LABEL_JOB
 
-__all__ = ["job_state", "pod_label", "container_status", "started", "pod_state", "status_text", "failure_lines",
+__all__ = ["job_state", "pod_selector", "container_name", "pod_label", "container_status", "started", "pod_state", "status_text", "failure_lines",
            "traceback_lines", "FINAL", "LAST_LINES", "WAIT_REASONS"]
 
 FINAL = ("Succeeded", "Failed")
@@ -17,6 +18,18 @@ WAIT_REASONS = ("FailedScheduling", "FailedMount", "FailedAttachVolume", "Failed
                 "BackOff", "ErrImagePull", "ImagePullBackOff", "InspectFailed", "Evicted", "Preempted")
 _FAILED_LINE = re.compile(r"^(\[rank\d+\] )?\[ptjupyter\] rank \d+ failed:")
 _RANK_PREFIX = re.compile(r"^\[rank\d+\] ")
+LABEL_JOBSET = "jobset.sigs.k8s.io/jobset-name"  # on every pod of a TrainJob's JobSet
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # label (PodIndexLabel) and annotation
+
+
+def pod_selector(resource: str, name: str) -> str:
+    """The label selector of a job's pods: the JobSet's name for a TrainJob, ptjupyter's own label otherwise."""
+    return f"{LABEL_JOBSET}={name}" if resource == "trainjobs" else f"{LABEL_JOB}={name}"
+
+
+def container_name(pod: dict) -> str:
+    """The training container of ``pod``: ``node`` in a TrainJob's pods, ``pytorch`` otherwise."""
+    return "node" if LABEL_JOBSET in ((pod.get("metadata") or {}).get("labels") or {}) else CONTAINER
 
 
 def job_state(obj: Optional[dict], resource: str) -> tuple:
@@ -26,6 +39,16 @@ def job_state(obj: Optional[dict], resource: str) -> tuple:
     status = obj.get("status") or {}
     conds = [c for c in status.get("conditions") or [] if str(c.get("status")) == "True"]
     by_type = {c.get("type"): c for c in conds}
+    if "Suspended" in by_type and not set(by_type) & {"Failed", "Complete", "Succeeded"}:
+        c = by_type["Suspended"]
+        held = kueue.waiting(obj, c.get("reason", ""), c.get("message", ""))
+        return ("Queued", c.get("reason", ""), held) if held else ("Suspended", c.get("reason", ""), c.get("message", ""))
+    if resource == "trainjobs":  # conditions Suspended/Complete/Failed only: Running comes from the child Jobs
+        for t, state in (("Failed", "Failed"), ("Complete", "Succeeded")):
+            if t in by_type:
+                return state, by_type[t].get("reason", ""), by_type[t].get("message", "")
+        active = any(j.get("active") for j in status.get("jobsStatus") or [])
+        return ("Running" if active else "Created"), "", ""
     if resource == "jobs":
         for t, state in (("Failed", "Failed"), ("Complete", "Succeeded")):
             if t in by_type:
@@ -42,7 +65,12 @@ def job_state(obj: Optional[dict], resource: str) -> tuple:
 
 def pod_label(pod: dict) -> tuple:
     """(label, rank): ``worker-1``/1 for elastic workers, ``master-0``/0 + ``worker-i``/i+1 for Master jobs."""
-    labels = (pod.get("metadata") or {}).get("labels") or {}
+    md = pod.get("metadata") or {}
+    labels = md.get("labels") or {}
+    if LABEL_JOBSET in labels:  # a TrainJob's node: its completion index is PET_NODE_RANK
+        raw = labels.get(COMPLETION_INDEX) or (md.get("annotations") or {}).get(COMPLETION_INDEX, "0")
+        index = int(raw) if str(raw).isdigit() else 0
+        return f"node-{index}", index
     rtype = labels.get("training.kubeflow.org/replica-type", "worker").lower()
     try:
         index = int(labels.get("training.kubeflow.org/replica-index", "0"))
@@ -54,9 +82,10 @@ def pod_label(pod: dict) -> tuple:
 
 
 def container_status(pod: dict) -> dict:
-    """The ``pytorch`` container's status ({} before the kubelet reported one)."""
+    """The training container's status ({} before the kubelet reported one)."""
+    want = container_name(pod)
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == CONTAINER:
+        if cs.get("name") == want:
             return cs
     return {}
 
@@ -101,6 +130,8 @@ def status_text(job: str, state: tuple, pods: Sequence[dict], events: Mapping[st
     """The status line of job ``job``: ``Running, 1/2 pods running; waiting: worker-1: ...`` (None: nothing to
     say yet). ``events`` maps an object name to its latest (reason, message) warning."""
     name, _, message = state
+    if name == "Queued":  # Kueue holds the job: no pods until it is admitted
+        return message
     if not pods and not pods_synced:
         return None
     if name in FINAL:

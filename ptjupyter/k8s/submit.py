@@ -1,5 +1,5 @@
 """Submit a cell: payload ConfigMap, then the job, then the ConfigMap's ownerReference to the job
-(so deleting the job deletes the payload too)."""
+(so deleting the job deletes the payload too). A TrainJob's runtime is checked first."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +9,7 @@ from ..errors import InvalidValue
 from ..plan import Mode, Plan
 from . import manifest as mf
 from . import payload as pl
+from . import trainjob as tj
 from .errors import K8sError
 from .ref import JobRef
 
@@ -19,20 +20,23 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 def resource_of(plan: Plan) -> str:
-    """The API resource of ``plan``'s job: ``pytorchjobs`` (several nodes) or ``jobs`` (one)."""
-    return "pytorchjobs" if plan.mode is Mode.PYTORCHJOB else "jobs"
+    """The API resource of ``plan``'s job: ``trainjobs``, ``pytorchjobs`` or ``jobs`` (one node)."""
+    return {Mode.PYTORCHJOB: "pytorchjobs", Mode.TRAINJOB: "trainjobs"}.get(plan.mode, "jobs")
 
 
 def prepare(plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = None,
-            name: Optional[str] = None) -> tuple:
+            name: Optional[str] = None, payload: Optional[pl.Payload] = None) -> tuple:
     """(job manifest, ConfigMap manifest, Payload): everything is checked here, before anything is sent."""
-    if plan.mode not in (Mode.POD, Mode.PYTORCHJOB):
+    if plan.mode not in (Mode.POD, Mode.PYTORCHJOB, Mode.TRAINJOB):
         raise InvalidValue(f"mode={plan.mode.value!r} is not accepted by ptjupyter.k8s; expected a plan resolved with "
-                         "target='k8s' (mode pod or pytorchjob)")
+                         "target='k8s' (mode pod, pytorchjob or trainjob)")
     name = name or plan.k8s.job_name or mf.new_job_name()
     mf.image_for(plan)  # fail on a missing image before pickling anything
-    payload = pl.build(fn, shipped)
-    job = mf.build(plan, name, payload.files, payload.nonce)
+    if plan.mode is Mode.TRAINJOB or plan.api_open:
+        tj.check_name(name)  # api auto may pick a TrainJob once connected: refuse now what it would refuse
+    payload = payload or pl.build(fn, shipped)
+    builder = tj.build if plan.mode is Mode.TRAINJOB else mf.build
+    job = builder(plan, name, payload.files, payload.nonce)
     cm = mf.configmap(name, plan.k8s.namespace, payload.data, payload.binary,
                       {mf.LABEL_MANAGED: "ptjupyter", mf.LABEL_JOB: name})
     return job, cm, payload
@@ -42,6 +46,8 @@ def submit(kube, plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[st
            out: Callable[[str], Any] = print, prepared: Optional[tuple] = None) -> JobRef:
     job, cm, payload = prepared or prepare(plan, fn, shipped)
     name, resource = job["metadata"]["name"], resource_of(plan)
+    if resource == "trainjobs":
+        check_runtime(kube, plan)
     try:
         kube.request("POST", "configmaps", body=cm)
     except K8sError as e:
@@ -96,3 +102,23 @@ def _create_job(kube, resource: str, job: dict, nonce: str) -> dict:
         if ((existing.get("metadata") or {}).get("annotations") or {}).get(mf.ANNOTATION_NONCE) == nonce:
             return existing
         raise conflict from None
+
+
+def check_runtime(kube, plan: Plan) -> None:
+    """The TrainJob's runtime exists (else name those that do: admission would refuse it less helpfully)."""
+    kind, name = plan.k8s.runtime_kind, plan.k8s.runtime
+    resource = "clustertrainingruntimes" if kind == "ClusterTrainingRuntime" else "trainingruntimes"
+    try:
+        kube.request("GET", resource, name, attempts=3)
+        return
+    except K8sError as e:
+        if e.status != 404:
+            raise
+    try:
+        names = [o["metadata"]["name"] for o in kube.request("GET", resource, attempts=3).get("items") or []]
+    except K8sError:
+        names = []
+    where = "this cluster" if resource == "clustertrainingruntimes" else f"namespace {kube.namespace!r}"
+    raise K8sError(f"runtime={name!r} is not accepted: {where} has no {kind} {name!r}; it has "
+                   f"{', '.join(sorted(names)) or 'none'} (--runtime NAME, --runtime-kind TrainingRuntime for one in "
+                   "the namespace)", status=404)

@@ -29,12 +29,11 @@ def _infrastructure(p) -> bool:
         return True
 
 
-@pytest.fixture
-def fake():
+def _cluster(**kw):
     import psutil
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with fake_k8s.FakeK8s() as f:
+    with fake_k8s.FakeK8s(**kw) as f:
         yield f
     # every pod process (torchrun, its workers) is gone with the fake cluster: nothing orphaned
     deadline = time.monotonic() + 5
@@ -45,6 +44,24 @@ def fake():
             break
         time.sleep(0.05)
     assert not left, [p.cmdline()[:4] for p in left]
+
+
+@pytest.fixture
+def fake():
+    """The fake cluster with the v1 training operator (PyTorchJob) only."""
+    yield from _cluster()
+
+
+@pytest.fixture
+def fake_v2():
+    """A cluster set up today: Kubeflow Trainer v2 (TrainJob, torch-distributed) and Kueue, no v1 PyTorchJob."""
+    yield from _cluster(crd=False, trainer=True, kueue=True)
+
+
+@pytest.fixture
+def fake_both():
+    """Both operators installed (api auto then prefers the TrainJob for a fixed node count)."""
+    yield from _cluster(trainer=True)
 
 
 @pytest.fixture

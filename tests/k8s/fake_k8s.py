@@ -16,6 +16,8 @@ the REST paths ptjupyter uses, the way the real apiserver answers them:
   (cut a log stream after N lines, optionally mid-line), :meth:`drop_watches`, :meth:`compact`
   (410 Gone for every older resourceVersion), :meth:`hold_pods` (pods stay Pending: FailedScheduling,
   or ImagePullBackOff), :meth:`restart_container` (the kubelet restarts a crashed container).
+- Kubeflow Trainer v2 (``trainer=True``): TrainJob, ClusterTrainingRuntime, TrainingRuntime, JobSet and their
+  discovery, with the fake controller of fake_trainer.py; ``kueue=True`` holds queued TrainJobs until :meth:`admit`.
 - the operator: for each PyTorchJob/Job created it makes the pods (operator names and labels),
   materialises their ConfigMap volumes in a temp dir, starts the container command as a REAL local
   process with the environment the training operator injects (rendezvous on 127.0.0.1:<free port>),
@@ -43,13 +45,27 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+import fake_trainer
 from aiohttp import web
 
-ROUTE = re.compile(r"^/(?:api/v1|apis/(?P<group>[a-z.]+)/v1)/namespaces/(?P<ns>[a-z0-9-]+)/(?P<plural>[a-z]+)"
-                   r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
+ROUTE = re.compile(r"^/(?:api/v1|apis/(?P<group>[a-z.-]+)/(?P<version>v1|v1alpha1|v1alpha2))"
+                   r"(?:/namespaces/(?P<ns>[a-z0-9-]+))?/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
+DISCOVERY = re.compile(r"^/apis/(?P<group>[a-z.-]+)/(?P<version>v1|v1alpha1|v1alpha2)/?$")
 KINDS = {"pytorchjobs": ("PyTorchJob", "kubeflow.org/v1"), "jobs": ("Job", "batch/v1"), "configmaps": ("ConfigMap", "v1"),
-         "pods": ("Pod", "v1"), "events": ("Event", "v1")}
-GROUPS = {"pytorchjobs": "kubeflow.org", "jobs": "batch"}
+         "pods": ("Pod", "v1"), "events": ("Event", "v1"), "trainjobs": ("TrainJob", "trainer.kubeflow.org/v1alpha1"),
+         "clustertrainingruntimes": ("ClusterTrainingRuntime", "trainer.kubeflow.org/v1alpha1"),
+         "trainingruntimes": ("TrainingRuntime", "trainer.kubeflow.org/v1alpha1"),
+         "jobsets": ("JobSet", "jobset.x-k8s.io/v1alpha2")}
+GROUPS = {"pytorchjobs": "kubeflow.org", "jobs": "batch", "trainjobs": "trainer.kubeflow.org",
+          "clustertrainingruntimes": "trainer.kubeflow.org", "trainingruntimes": "trainer.kubeflow.org",
+          "jobsets": "jobset.x-k8s.io"}
+TRAINER = ("trainjobs", "clustertrainingruntimes", "trainingruntimes", "jobsets")
+CLUSTER_SCOPED = ("clustertrainingruntimes",)
+
+
+def _cname(labels: dict) -> str:
+    """The training container: ``node`` in a TrainJob's pods, ``pytorch`` in the training operator's."""
+    return "node" if "jobset.sigs.k8s.io/jobset-name" in (labels or {}) else "pytorch"
 
 
 def _validator():
@@ -117,8 +133,11 @@ class PodLog:
 class FakeK8s:
     """``with FakeK8s() as k8s: api = k8s.api_client()``; all state lives on the server's loop thread."""
 
-    def __init__(self, operator: bool = True, crd: bool = True, validate: bool = True):
-        self.operator, self.crd, self.validate_on = operator, crd, validate
+    def __init__(self, operator: bool = True, crd: bool = True, validate: bool = True, trainer: bool = False,
+                 kueue: bool = False):
+        """``crd``: serve the v1 PyTorchJob; ``trainer``: serve Kubeflow Trainer v2 (TrainJob, the torch-distributed
+        ClusterTrainingRuntime, JobSet) with its controller (fake_trainer.py); ``kueue``: hold queued TrainJobs."""
+        self.operator, self.crd, self.validate_on, self.trainer, self.kueue = operator, crd, validate, trainer, kueue
         self.objects: dict = {}  # (plural, ns, name) -> obj
         self.history: list = []  # (rv, plural, ns, type, obj)
         self.rv = 0
@@ -140,6 +159,13 @@ class FakeK8s:
         self.watch_epoch = 0
         self.tmp = tempfile.mkdtemp(prefix="ptj-fake-k8s-")
         self.validate = _validator() if validate else None
+        self.validate_trainjob = __import__("validate_trainjob").validate if validate and trainer else None
+        if trainer:
+            import validate_trainjob
+
+            rt = copy.deepcopy(validate_trainjob.torch_distributed())
+            rt["metadata"].update(uid=str(uuid.uuid4()), resourceVersion="1", creationTimestamp=now_ts())
+            self.objects[("clustertrainingruntimes", "", rt["metadata"]["name"])] = rt
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="fake-k8s")
         self._ready = threading.Event()
@@ -262,6 +288,10 @@ class FakeK8s:
             return name
         return self.call(do)
 
+    def admit(self, name: str, ns: str = "default") -> None:
+        """Kueue admits the suspended TrainJob ``name``: it is resumed and its pods start."""
+        self.call(fake_trainer.admit, self, ns, name)
+
     def drop_log(self, pod: str, after_lines: int, times: int = 1, mid_line: bool = True) -> None:
         """Cut the log stream of ``pod`` after ``after_lines`` lines (and half of the next one)."""
         self.log_drops[pod] = [after_lines, times, mid_line]
@@ -321,10 +351,14 @@ class FakeK8s:
             if f[3] > 0 and f[0] == method and f[1].search(path) and (f[7] is None or f[7] == watching):
                 f[3] -= 1
                 return self.status(f[2], f[4] or f"injected {f[2]}", f[5], f[6])
+        d = DISCOVERY.match(path)
+        if d and method == "GET":
+            return self._discovery(d["group"], d["version"])
         m = ROUTE.match(path)
-        if not m or m["plural"] not in KINDS or (m["plural"] == "pytorchjobs" and not self.crd):
+        if not m or m["plural"] not in KINDS or (m["plural"] == "pytorchjobs" and not self.crd) or (
+                m["plural"] in TRAINER and not self.trainer) or ((m["ns"] is None) != (m["plural"] in CLUSTER_SCOPED)):
             return self.status(404, "the server could not find the requested resource")
-        plural, ns, name, sub = m["plural"], m["ns"], m["name"], m["sub"]
+        plural, ns, name, sub = m["plural"], m["ns"] or "", m["name"], m["sub"]
         if name is None:
             if method == "GET":
                 if q.get("watch") in ("1", "true", "True"):
@@ -358,6 +392,17 @@ class FakeK8s:
                                       "details": {"name": name, "kind": plural, "uid": obj["metadata"]["uid"]}})
         return self.status(405, f"method {method} not allowed")
 
+    def _discovery(self, group: str, version: str) -> web.Response:
+        served = [p for p, (_, api) in KINDS.items() if api == f"{group}/{version}" and (
+            (p != "pytorchjobs" or self.crd) and (p not in TRAINER or self.trainer))]
+        if not served:
+            return self.status(404, "the server could not find the requested resource")
+        return web.json_response({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}",
+                                  "resources": [{"name": p, "singularName": "", "namespaced": p not in CLUSTER_SCOPED,
+                                                 "kind": KINDS[p][0], "verbs": ["create", "delete", "get", "list",
+                                                                                "patch", "update", "watch"]}
+                                                for p in served]})
+
     def _list(self, plural: str, ns: str, q) -> web.Response:
         items = [o for (p, s, _), o in sorted(self.objects.items()) if p == plural and s == ns
                  and selected(o, q.get("labelSelector", ""), q.get("fieldSelector", ""))]
@@ -389,10 +434,19 @@ class FakeK8s:
                 causes = [{"field": e.split(":", 1)[0].lstrip("."), "message": e.split(":", 1)[-1].strip()} for e in errs]
                 return self.status(422, f'PyTorchJob.kubeflow.org "{name}" is invalid: ' + "; ".join(errs),
                                    details={"name": name, "group": group, "kind": "PyTorchJob", "causes": causes})
+        if plural == "trainjobs":
+            refused = await fake_trainer.admission(self, ns, body)
+            if refused:
+                errs = refused[1]
+                causes = [{"field": e.split(":", 1)[0].lstrip("."), "message": e.split(":", 1)[-1].strip()} for e in errs]
+                return self.status(refused[0], f'TrainJob.trainer.kubeflow.org "{name}" is invalid: ' + "; ".join(errs),
+                                   details={"name": name, "group": group, "kind": "TrainJob", "causes": causes})
         md.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=now_ts(), generation=1)
         self._bump(body)
         self.objects[(plural, ns, name)] = body
         await self._record(plural, ns, "ADDED", body)
+        if self.operator and plural == "trainjobs":
+            asyncio.get_running_loop().create_task(fake_trainer.operate(self, ns, name))
         if self.operator and plural in ("pytorchjobs", "jobs"):
             asyncio.get_running_loop().create_task(self._operate(plural, ns, name))
         return web.json_response(body, status=201)
@@ -587,7 +641,7 @@ class FakeK8s:
             if reason in ("ImagePullBackOff", "ErrImagePull"):
                 image = spec["containers"][0].get("image", "")
                 await self._patch(("pods", ns, name), {"status": {"containerStatuses": [{
-                    "name": "pytorch", "image": image, "imageID": "", "ready": False, "restartCount": 0,
+                    "name": _cname(labels), "image": image, "imageID": "", "ready": False, "restartCount": 0,
                     "state": {"waiting": {"reason": reason, "message": f'Back-off pulling image "{image}"'}}}]}})
                 await self._event(ns, pod, "Failed", f'Failed to pull image "{image}": {message}', "Warning")
             else:
@@ -596,7 +650,7 @@ class FakeK8s:
                 await self._event(ns, pod, reason, message, "Warning")
             return
         await self._event(ns, pod, "Scheduled", f"Successfully assigned {ns}/{name} to fake-node")
-        c = next(c for c in spec["containers"] if c["name"] == "pytorch")
+        c = next(c for c in spec["containers"] if c["name"] == _cname(labels))
         pod_dir = Path(tempfile.mkdtemp(prefix=name + "-", dir=self.tmp))
         mounts = {}
         vols = {v["name"]: v for v in spec.get("volumes") or []}
@@ -648,10 +702,11 @@ class FakeK8s:
         self.all_procs.append(proc)
         buf = self.logs[(ns, name)]
         buf.done = False
+        cname = _cname(self.objects[("pods", ns, name)]["metadata"]["labels"])
         await self._patch(("pods", ns, name), {"status": {"phase": "Running", "startTime": now_ts(), "containerStatuses": [{
-            "name": "pytorch", "image": image, "imageID": "", "ready": True, "restartCount": restarts,
+            "name": cname, "image": image, "imageID": "", "ready": True, "restartCount": restarts,
             "started": True, "state": {"running": {"startedAt": now_ts()}}}]}})
-        await self._event(ns, self.objects[("pods", ns, name)], "Started", "Started container pytorch")
+        await self._event(ns, self.objects[("pods", ns, name)], "Started", f"Started container {cname}")
         asyncio.get_running_loop().create_task(self._pump(ns, name, proc, job))
 
     def restart_container(self, pod: str, ns: str = "default") -> None:
@@ -692,8 +747,9 @@ class FakeK8s:
             await asyncio.sleep(0.3)
             await self._spawn(ns, name, restarts)
             return
+        cname = _cname(self.objects[("pods", ns, name)]["metadata"]["labels"])
         await self._patch(("pods", ns, name), {"status": {"phase": "Succeeded" if rc == 0 else "Failed", "containerStatuses": [{
-            "name": "pytorch", "image": "", "imageID": "", "ready": False, "restartCount": 0, "started": False,
+            "name": cname, "image": "", "imageID": "", "ready": False, "restartCount": 0, "started": False,
             "state": {"terminated": {"exitCode": rc if rc >= 0 else 128 - rc, "reason": "Completed" if rc == 0 else "Error",
                                      "finishedAt": now_ts()}}}]}})
         await self._job_progress(job, ns)
@@ -705,6 +761,11 @@ class FakeK8s:
             return
         conds = {c["type"] for c in (obj.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
         if conds & {"Succeeded", "Failed", "Complete"}:
+            return
+        if plural == "trainjobs":  # its pods belong to the JobSet
+            await fake_trainer.progress(self, ns, name, [o["status"]["phase"] for (p, s, _), o in self.objects.items()
+                                                         if p == "pods" and s == ns and o["metadata"]["labels"].get(
+                                                             "jobset.sigs.k8s.io/jobset-name") == name])
             return
         pods = [o for (p, s, _), o in self.objects.items() if p == "pods" and s == ns
                 and any(r.get("uid") == obj["metadata"]["uid"] for r in o["metadata"].get("ownerReferences") or [])]

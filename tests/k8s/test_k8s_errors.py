@@ -41,7 +41,8 @@ def test_404_on_pytorchjobs_means_no_training_operator(api, plan_for):
     with fake_k8s.FakeK8s(crd=False) as no_crd:
         msg = _submit(no_crd.api_client(), plan_for(Elastic(nnodes=2)))
         assert no_crd.names("configmaps") == []
-    assert "PyTorchJob resource (pytorchjobs.kubeflow.org/v1) is not installed" in msg and "training operator" in msg
+    # discovery (api auto) says so before anything is sent
+    assert "no training operator on this cluster" in msg and "it serves only jobs (batch/v1)" in msg
 
 
 def test_404_namespace_missing(fake, api, plan_for):
