@@ -70,13 +70,14 @@ class CellSink:
         self.outcome: Optional[str] = None
 
     # -- the sink interface (called from the launcher's relay thread)
-    def line(self, rank: int, stream: str, text: str) -> None:
+    def line(self, rank: int, stream: str, text: str, label: Optional[str] = None) -> None:
+        """One complete line of ``rank``; ``label``: the source's name when the runner knows it (a pod's)."""
         if self.shown is not None and rank not in self.shown:
             return
         if self._live and (rank, stream) in self._live:
             self._end_live(rank, stream)
         f = (self._err or sys.stderr) if stream == "stderr" else (self._out or sys.stdout)
-        f.write(f"[{self.name(rank)}] {text.rstrip(chr(10))}\n")
+        f.write(f"[{label or self.name(rank)}] {text.rstrip(chr(10))}\n")
 
     def progress(self, rank: int, stream: str, text: str) -> None:
         """The latest redraw of a rank's unfinished line (a progress bar)."""

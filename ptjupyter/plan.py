@@ -111,6 +111,11 @@ class Plan:
                 and self.min_nodes == self.max_nodes)
 
     @property
+    def on_cluster(self) -> bool:
+        """The run is a Kubernetes job (Job, PyTorchJob or TrainJob): its output is per pod."""
+        return self.mode in (Mode.POD, Mode.PYTORCHJOB, Mode.TRAINJOB)
+
+    @property
     def world_size(self) -> int:
         """Processes in the largest group the plan allows."""
         return self.max_nodes * self.nproc_per_node

@@ -8,6 +8,7 @@ drains, so output and ``KeyboardInterrupt`` stay in the caller's thread.
 from __future__ import annotations
 
 import collections
+import inspect
 import queue
 import threading
 import time
@@ -76,6 +77,8 @@ class Follower:
                  drain_timeout: float = 30.0):
         self.kube, self.ref, self.out, self.tail = kube, ref, out, tail
         self.sink = sink if sink is not None else _DefaultSink(out)
+        # a sink that takes the pod's label (worker-1, master-0, node-0) shows it; others name the index themselves
+        self._labels = "label" in inspect.signature(self.sink.line).parameters
         self.drain_timeout = drain_timeout
         self.max_failures = _watch.MAX_FAILURES
         self.q: "queue.Queue" = queue.Queue()
@@ -300,7 +303,7 @@ class Follower:
         kind = item[0]
         if kind == "line":
             rec, text = item[1], item[2]
-            if isinstance(self.sink, _DefaultSink):
+            if self._labels:
                 self.sink.line(rec.rank, "stdout", text, label=rec.label)
             else:
                 self.sink.line(rec.rank, "stdout", text)

@@ -65,6 +65,14 @@ def test_k8s_dry_run_prints_the_manifest(ip, capsys):
     assert "PyTorchJob" in text and "shipping: LR (float," in text
 
 
+def test_trainjob_dry_run_prints_the_trainjob_with_its_gpus(ip, capsys):
+    ip.run_cell_magic("pytorch_elastic", "--dry-run --target k8s --api trainjob --image repo/train:1 --nnodes 2 "
+                      "--gpus 2", "1")
+    text = capsys.readouterr().out
+    assert "mode: trainjob (target k8s)" in text and "nproc_per_node: 2  [--gpus 2 (cell flags)]" in text
+    assert "kind: TrainJob" in text and "numNodes: 2" in text and text.count("nvidia.com/gpu: '2'") == 2
+
+
 def test_precedence_all_five_layers(ip, magics):
     """Elastic defaults < %config < widget panel < --config NAME < cell flags; sources name each layer."""
     plan = dry(ip, "")
