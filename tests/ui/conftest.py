@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lab import REPO, Browser, Lab, find_chromium  # noqa: E402
+from lab import Browser, Lab, find_chromium  # noqa: E402
 
 SKIP_REASON = "tests/ui: no chromium + chromedriver on the PATH (Debian: apt-get install chromium chromium-driver)"
 
@@ -40,31 +40,6 @@ def lab(tmp_path_factory):
 @pytest.fixture(scope="session")
 def browser(lab) -> Browser:
     return lab.browser
-
-
-def copy_notebook(lab: Lab, name: str, clear: bool = True) -> str:
-    """Copy ``notebooks/NAME`` into the lab's root (outputs cleared, as a fresh run shows them); return its path."""
-    import nbformat
-
-    nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
-    if clear:
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                cell.outputs, cell.execution_count = [], None
-    nbformat.write(nb, lab.root / name)
-    return name
-
-
-def write_notebook(lab: Lab, name: str, cells: list[str]) -> str:
-    """A notebook of code cells (``"# md: ..."`` as the first line makes a markdown cell) in the lab's root."""
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell(c[len("# md: "):]) if c.startswith("# md: ")
-                else nbformat.v4.new_code_cell(c) for c in cells]
-    nbformat.write(nb, lab.root / name)
-    return name
 
 
 @pytest.fixture

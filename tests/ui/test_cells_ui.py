@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from conftest import write_notebook
+from lab import write_notebook
 from selenium.webdriver.common.keys import Keys
 
 pytestmark = pytest.mark.timeout(180)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import copy_notebook
+from lab import copy_notebook
 
 pytestmark = pytest.mark.timeout(240)
 
