@@ -21,14 +21,16 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 
 FLAGS = ["--nnodes", "--nproc-per-node", "--max-restarts", "--start-method", "--target", "--config", "--out",
          "--timeout", "--image", "--namespace", "--context", "--job-name", "--bogus", "-o", "--nproc_per_node",
-         "--ranks", "--log-dir", "--rdzv-conf", "--grace", "--gpus", "--nproc-per-node"]
+         "--ranks", "--log-dir", "--rdzv-conf", "--grace", "--gpus", "--nproc-per-node",
+         "--api", "--runtime", "--runtime-kind", "--queue", "--priority-class"]
 SWITCHES = ["--rank0-only", "--debug", "--fresh", "--detach"]
 VALUES = st.one_of(
     st.integers(-5, 10**9).map(str),
     st.sampled_from(["auto", "gpu", "cpu", "0,1", "1,-1", "timeout=5,x=y", "a b", "=1", "1.5", "/tmp", "1,1,0",
                      "1", "2", "1:1", "1:4", "4:2", "0", "-1", "a:b", "", "spawn", "fork", "forkserver", "thread",
                      "local", "k8s", "slurm", "cfg", "missing", "not a name", "1e9", "nan", "inf", "-0.5",
-                     "repo/img:1", "Bad_NS", "ns-1", "9job", "job-a", "x" * 70, "$HOME", "{x}", "'", '"', "\\"]),
+                     "trainjob", "pytorchjob", "job", "torch-distributed", "ClusterTrainingRuntime",
+                     "TrainingRuntime", "team-q", "repo/img:1", "Bad_NS", "ns-1", "9job", "job-a", "x" * 70, "$HOME", "{x}", "'", '"', "\\"]),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=10),
 )
 
