@@ -23,14 +23,14 @@ CELLS = [
        "`PyTorchJob` (kubeflow.org/v1) shaped like the one Flyte's kfpytorch backend builds: container `pytorch`, "
        "Worker-only with `elasticPolicy` for `Elastic`, Master + Worker for `PyTorch`;\n"
        "- **one node** -> a plain `batch/v1` Job (no training operator needed), `torchrun --standalone` inside it.\n\n"
-       "The cell function is pickled with cloudpickle into a ConfigMap owned by the job, mounted in every pod with a "
+       "The cell function is pickled with cloudpickle into a Secret owned by the job, mounted in every pod with a "
        "small entrypoint and a copy of cloudpickle: **the image needs only Python (the kernel's minor version) and "
        "torch**, plus whatever the cell imports.\n\n"
        "This notebook runs everything with `--dry-run`, which prints the manifests and sends nothing. The commands for "
        "a real cluster are at the end."),
     code("%load_ext ptjupyter"),
     md("## Two nodes x two processes, as a dry run\n\n"
-       "The plan (with the source of every value), what the cell ships, then the PyTorchJob and its payload ConfigMap:"),
+       "The plan (with the source of every value), what the cell ships, then the PyTorchJob and its payload Secret (its keys with sizes, never their values):"),
     code(  # output not compared by nbval (tag): the result nonce and payload sizes differ between runs and versions
          "%%pytorch_elastic --target k8s --dry-run --nnodes 2 --nproc-per-node 2 --image ghcr.io/acme/train:py3.11-torch2.5 --job-name ptj-demo\n"
          "import torch.distributed as dist\n"
@@ -62,7 +62,7 @@ CELLS = [
     md("## On a real cluster\n\n"
        "Prerequisites: a kubeconfig (`~/.kube/config` or `$KUBECONFIG`; in-cluster config works too), the Kubeflow "
        "training operator for multi-node jobs, and RBAC to create `pytorchjobs.kubeflow.org`, `jobs.batch`, "
-       "`configmaps` and to get/list/watch `pods`, `pods/log` and `events` in your namespace.\n\n"
+       "`secrets` and to get/list/watch `pods`, `pods/log` and `events` in your namespace.\n\n"
        "```bash\n"
        "kubectl apply --server-side -k \"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\"\n"
        "kubectl auth can-i create pytorchjobs.kubeflow.org -n team-a\n"
@@ -83,7 +83,7 @@ CELLS = [
        "```python\n"
        "%pytorch_elastic_jobs                              # ptjupyter's jobs in the namespace, with their state\n"
        "%pytorch_elastic_jobs attach ptj-1a2b3c4d --tail 50  # follow again (last 50 lines of each pod, then live)\n"
-       "%pytorch_elastic_jobs cancel ptj-1a2b3c4d          # delete the job; its pods and payload ConfigMap go with it\n"
+       "%pytorch_elastic_jobs cancel ptj-1a2b3c4d          # delete the job; its pods and payload Secret go with it\n"
        "%pytorch_elastic_jobs list -n team-a --context prod\n"
        "```"),
 ]
