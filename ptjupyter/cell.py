@@ -119,7 +119,7 @@ def _print_dry_run(plan, captured) -> None:
         print(captured.describe())
     if captured.assigned:
         print("assigned in the cell (stay on the workers): " + ", ".join(captured.assigned))
-    if plan.mode in (Mode.POD, Mode.PYTORCHJOB):
+    if plan.mode in (Mode.POD, Mode.PYTORCHJOB, Mode.TRAINJOB):
         from . import k8s
 
         try:
@@ -139,6 +139,8 @@ def _sink(shell, plan, *, status: str):
 
         s = current()
         return SessionSink(s.world_size if s else plan.nproc_per_node, status=mode, **shown)
+    if plan.mode is Mode.TRAINJOB:  # one pod per node, by completion index
+        return CellSink(plan.max_nodes, status=mode, unit="pod", **shown, name=lambda i: f"node-{i}")
     if plan.mode in (Mode.POD, Mode.PYTORCHJOB):  # the k8s follower reports per pod: index 0..max_nodes-1
         master = isinstance(plan.config, PyTorch)
         return CellSink(plan.max_nodes, status=mode, unit="pod", **shown,
@@ -153,7 +155,7 @@ def _execute(shell, plan, captured, *, status: str):
 
     if plan.mode is Mode.DIRECT:  # a plain call: the cell's own output and exceptions, no status line
         return execute(plan, captured.fn)
-    on_cluster, in_session = plan.mode in (Mode.POD, Mode.PYTORCHJOB), plan.mode is Mode.SESSION
+    on_cluster, in_session = plan.mode in (Mode.POD, Mode.PYTORCHJOB, Mode.TRAINJOB), plan.mode is Mode.SESSION
     fn = captured.fn
     if in_session:
         from . import session
