@@ -77,7 +77,7 @@ def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = 
     from .submit import prepare
 
     job, cm, payload = prepare(plan, fn, shipped)
-    cm_summary = {k: v for k, v in cm.items() if k not in ("data", "binaryData")}
+    cm_summary = {k: v for k, v in cm.items() if k not in ("data", "stringData")}  # never the values
     lines = [f"# ptjupyter dry run ({plan.mode.value}): nothing was sent to the cluster"]
     if plan.k8s.namespace is None:
         lines.append("# namespace: none given, so the kubeconfig context's (the service account's in a cluster, "
@@ -86,13 +86,13 @@ def dry_run(plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = 
         lines.append("# api auto: this PyTorchJob if the cluster serves no trainjobs.trainer.kubeflow.org/v1alpha1")
     lines += ["---", yaml.safe_dump(job, sort_keys=False).rstrip(), "---",
               yaml.safe_dump(cm_summary, sort_keys=False).rstrip(),
-              "# data/binaryData (mounted at /etc/ptjupyter, owned by the job once it exists):"]
+              "# data: names and sizes only (mounted at /etc/ptjupyter, owned by the job once it exists):"]
     for key in sorted(payload.files):
         size = payload.pickled if key == "payload.pkl" else len(payload.data[key].encode())
         lines.append(f"#   {key}: {human(size)}")
     shipped_txt = ", ".join(f"{k} ({human(v) if v >= 0 else 'unpicklable'})" for k, v in sorted(payload.sizes.items()))
     lines.append(f"# shipped: {shipped_txt or 'nothing'}")
-    lines.append(f"# payload: {human(payload.size)} of the 1.0 MiB ConfigMap limit (pickled cell {human(payload.pickled)})")
+    lines.append(f"# payload: {human(payload.size)} of the 1.0 MiB Secret limit (pickled cell {human(payload.pickled)})")
     if plan.api_open:  # the cluster's discovery decides; show both
         alt = prepare(dataclasses.replace(plan, mode=Mode.TRAINJOB), fn, shipped, name=job["metadata"]["name"],
                       payload=payload)[0]

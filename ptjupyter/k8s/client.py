@@ -27,6 +27,7 @@ PATHS = {
     "apis:kubeflow.org/v1": "/apis/kubeflow.org/v1",
     "jobs": "/apis/batch/v1/namespaces/{ns}/jobs",
     "configmaps": "/api/v1/namespaces/{ns}/configmaps",
+    "secrets": "/api/v1/namespaces/{ns}/secrets",
     "pods": "/api/v1/namespaces/{ns}/pods",
     "events": "/api/v1/namespaces/{ns}/events",
 }

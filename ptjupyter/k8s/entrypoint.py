@@ -1,6 +1,6 @@
 """ptjupyter pod entrypoint: run the shipped cell function in a Kubernetes pod.
 
-This file travels in the payload ConfigMap next to the pickled function (``payload.pkl``), its
+This file travels in the payload Secret next to the pickled function (``payload.pkl``), its
 metadata (``meta.json``) and a copy of cloudpickle, and runs as ``torchrun .../entrypoint.py`` (or
 ``python -u .../entrypoint.py`` for one process). So the image needs Python (the notebook's minor
 version) and torch, nothing of ptjupyter. It must stay standard-library only.
@@ -46,7 +46,7 @@ def load(directory):
     with open(os.path.join(directory, "payload.pkl"), "rb") as f:
         data = f.read()
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        _fail("payload.pkl does not match its checksum in meta.json (truncated or altered ConfigMap)")
+        _fail("payload.pkl does not match its checksum in meta.json (truncated or altered Secret)")
     lib = os.path.join(directory, "lib")
     if os.path.isdir(lib):
         sys.path.insert(0, lib)  # the exact cloudpickle that pickled the cell

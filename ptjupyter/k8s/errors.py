@@ -56,6 +56,7 @@ _KINDS = {
     "trainingruntimes": ("TrainingRuntime", "trainer.kubeflow.org"),
     "jobs": ("Job", "batch"),
     "configmaps": ("ConfigMap", ""),
+    "secrets": ("Secret", ""),
     "pods": ("Pod", ""),
     "events": ("Event", ""),
 }

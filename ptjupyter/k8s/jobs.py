@@ -12,7 +12,7 @@ import shlex
 from typing import Any, Callable, Optional
 
 from .errors import K8sError
-from .manifest import LABEL_MANAGED, configmap_name
+from .manifest import LABEL_MANAGED, secret_name
 from .ref import JobRef
 from .status import job_state
 
@@ -73,16 +73,16 @@ def attach(kube, name: str, tail: Optional[int] = None, sink=None, out: Callable
 
 
 def cancel(kube, name: str, out: Callable[[str], Any] = print) -> None:
-    """Delete the job (its pods and payload ConfigMap go with it)."""
+    """Delete the job (its pods and payload Secret go with it)."""
     ref = find(kube, name)
     kube.request("DELETE", ref.resource, name, body={"kind": "DeleteOptions", "apiVersion": "v1",
                                                       "propagationPolicy": "Background"})
     try:  # owned by the job already; delete explicitly in case the submit was cut before the ownerReference
-        kube.request("DELETE", "configmaps", configmap_name(name), attempts=2)
+        kube.request("DELETE", "secrets", secret_name(name), attempts=2)
     except K8sError as e:
         if e.status != 404:
             raise
-    out(f"[ptjupyter] cancelled {ref.namespace}/{name}: job, pods and payload ConfigMap deleted")
+    out(f"[ptjupyter] cancelled {ref.namespace}/{name}: job, pods and payload Secret deleted")
 
 
 def _usage_line() -> str:

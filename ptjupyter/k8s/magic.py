@@ -31,7 +31,7 @@ class PytorchElasticJobs(Magics):
             value. ``--tail N``: start from the last N lines of each pod instead of the beginning.
             Interrupting stops following only; the job keeps running.
         cancel NAME
-            Delete the job, its pods and its payload ConfigMap.
+            Delete the job, its pods and its payload Secret.
 
         ``-n/--namespace``: the namespace (default: the kubeconfig context's, as for a cell and kubectl).
         ``--context``: the kubeconfig context (default: the current one).

@@ -5,11 +5,12 @@ The PyTorchJob mirrors what Flyte's kfpytorch backend builds from the same confi
 ``restartPolicy`` per group with unset = ``Never``, ``runPolicy`` fields only when set, a memory
 ``emptyDir`` at ``/dev/shm``), so a job looks the same whether it came from a notebook or from Flyte.
 Two deliberate differences: ``spec.nprocPerNode`` (string) instead of the deprecated
-``elasticPolicy.nProcPerNode``, and the cell payload ConfigMap mounted at :data:`PAYLOAD_DIR`.
+``elasticPolicy.nProcPerNode``, and the cell payload Secret mounted at :data:`PAYLOAD_DIR`.
 Pure data in, dicts out: nothing here talks to a cluster.
 """
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from typing import Any, Mapping, Optional
@@ -22,10 +23,10 @@ from . import kueue
 
 __all__ = [
     "PAYLOAD_DIR", "CONTAINER", "LABEL_MANAGED", "LABEL_JOB", "ANNOTATION_NONCE", "new_job_name",
-    "configmap_name", "command", "build", "payload_volume_items",
+    "secret_name", "command", "build", "payload_volume_items",
 ]
 
-PAYLOAD_DIR = "/etc/ptjupyter"  # where the payload ConfigMap is mounted in every pod
+PAYLOAD_DIR = "/etc/ptjupyter"  # where the payload Secret is mounted in every pod
 CONTAINER = "pytorch"  # the training operator requires this container name
 LABEL_MANAGED = "app.kubernetes.io/managed-by"  # = "ptjupyter": how %pytorch_elastic_jobs finds its jobs
 LABEL_JOB = "ptjupyter.io/job-name"  # on the job and on every pod (pod template): selects a job's pods
@@ -41,12 +42,12 @@ def new_job_name(prefix: str = "ptj") -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-def configmap_name(job: str) -> str:
+def secret_name(job: str) -> str:
     return f"{job}-payload"
 
 
 def payload_volume_items(files: Mapping[str, str]) -> list:
-    """ConfigMap keys cannot hold '/', so nested files (the shipped cloudpickle) are mapped with items."""
+    """Secret keys cannot hold '/', so nested files (the shipped cloudpickle) are mapped with items."""
     return [{"key": key, "path": path} for key, path in sorted(files.items())]
 
 
@@ -130,7 +131,7 @@ def _pod_template(plan: Plan, name: str, image: str, resources: dict, files: Map
     }
     if resources:
         container["resources"] = resources
-    volumes = [{"name": "ptjupyter-payload", "configMap": {"name": configmap_name(name), "items": payload_volume_items(files)}}]
+    volumes = [{"name": "ptjupyter-payload", "secret": {"secretName": secret_name(name), "items": payload_volume_items(files)}}]
     if getattr(plan.config, "increase_shared_mem", True):
         container["volumeMounts"].append({"name": "shm", "mountPath": "/dev/shm"})
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
@@ -224,7 +225,7 @@ def check_options(plan: Plan) -> None:
 def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> dict:
     """The job manifest for ``plan``: a PyTorchJob for ``Mode.PYTORCHJOB``, a batch/v1 Job for ``Mode.POD``.
 
-    ``files`` maps ConfigMap keys to their paths under :data:`PAYLOAD_DIR` (see ``payload.files``).
+    ``files`` maps Secret keys to their paths under :data:`PAYLOAD_DIR` (see ``payload.files``).
     """
     if plan.mode not in (Mode.POD, Mode.PYTORCHJOB):
         raise InvalidValue(f"mode={plan.mode.value!r} is not accepted for a Kubernetes manifest; expected pod or pytorchjob")
@@ -282,10 +283,12 @@ def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> d
     return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": meta, "spec": spec}
 
 
-def configmap(name: str, namespace: str, data: Mapping[str, str], binary: Mapping[str, str], labels: Mapping[str, str]) -> dict:
-    """The payload ConfigMap (``binary`` values already base64); its ownerReference is added after the job exists."""
+def secret(name: str, namespace: str, data: Mapping[str, str], binary: Mapping[str, str], labels: Mapping[str, str]) -> dict:
+    """The payload Secret (Opaque; ``data`` is base64: ``binary`` values already are, text is encoded here);
+    its ownerReference is added after the job exists."""
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     return {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": configmap_name(name), "labels": dict(labels), **({"namespace": namespace} if namespace else {})},
-        "data": dict(data), "binaryData": dict(binary),
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": secret_name(name), "labels": dict(labels), **({"namespace": namespace} if namespace else {})},
+        "data": {**encoded, **binary},
     }

@@ -1,8 +1,9 @@
-"""The cell payload: cloudpickled function + metadata + entrypoint + cloudpickle, as ConfigMap contents.
+"""The cell payload: cloudpickled function + metadata + entrypoint + cloudpickle, as the contents of a Secret
+(a pickled cell may carry credentials the notebook holds; Secrets are what RBAC guards and a cluster encrypts).
 
-ConfigMap keys (flat; ``items`` in the pod volume map them to paths under the mount point):
+Secret keys (flat; ``items`` in the pod volume map them to paths under the mount point):
 
-- ``payload.pkl`` (binaryData): ``cloudpickle.dumps(fn)``
+- ``payload.pkl``: ``cloudpickle.dumps(fn)``
 - ``meta.json``: ``{"format": 1, "python": "3.11.7", "cloudpickle": "3.1.3", "sha256": ..., "nonce": ..., "shipped": {...}}``
   checked by the entrypoint before it unpickles anything
 - ``entrypoint.py``: :mod:`ptjupyter.k8s.entrypoint` (standard library only)
@@ -24,7 +25,7 @@ from ..errors import InvalidType, InvalidValue
 __all__ = ["FORMAT", "LIMIT", "Payload", "build", "human"]
 
 FORMAT = 1
-LIMIT = 1024 * 1024  # a ConfigMap holds at most 1 MiB of data
+LIMIT = 1024 * 1024  # a Secret holds at most 1 MiB of (decoded) data
 
 
 def human(n: int) -> str:
@@ -37,10 +38,10 @@ def human(n: int) -> str:
 
 @dataclass
 class Payload:
-    data: dict  # ConfigMap .data (text)
-    binary: dict  # ConfigMap .binaryData (base64 text)
-    files: dict  # ConfigMap key -> path under the mount point
-    size: int  # bytes stored in the ConfigMap (decoded)
+    data: dict  # text files (key -> str)
+    binary: dict  # binary files (key -> base64 text)
+    files: dict  # Secret key -> path under the mount point
+    size: int  # bytes stored in the Secret (decoded)
     pickled: int  # bytes of the pickled function
     nonce: str
     sizes: dict = field(default_factory=dict)  # shipped name -> pickled bytes
@@ -89,7 +90,7 @@ def build(fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = None, li
         top = sorted(((v, k) for k, v in sizes.items()), reverse=True)[:3]
         names = ", ".join(f"{k} ({human(v)})" for v, k in top if v >= 0) or "none captured (the function itself is large)"
         raise InvalidValue(
-            f"payload={human(size)} is not accepted; a ConfigMap holds at most {human(limit)}: the largest captured "
+            f"payload={human(size)} is not accepted; a Secret holds at most {human(limit)}: the largest captured "
             f"values are {names}; load large data inside the cell (from a file/URL/volume) instead of capturing it"
         )
     return Payload(data=data, binary={"payload.pkl": base64.b64encode(pickled).decode()}, files=files,

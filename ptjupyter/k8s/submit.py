@@ -1,4 +1,4 @@
-"""Submit a cell: payload ConfigMap, then the job, then the ConfigMap's ownerReference to the job
+"""Submit a cell: payload Secret, then the job, then the Secret's ownerReference to the job
 (so deleting the job deletes the payload too). A TrainJob's runtime is checked first."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def resource_of(plan: Plan) -> str:
 
 def prepare(plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, Any]] = None,
             name: Optional[str] = None, payload: Optional[pl.Payload] = None) -> tuple:
-    """(job manifest, ConfigMap manifest, Payload): everything is checked here, before anything is sent."""
+    """(job manifest, payload Secret manifest, Payload): everything is checked here, before anything is sent."""
     if plan.mode not in (Mode.POD, Mode.PYTORCHJOB, Mode.TRAINJOB):
         raise InvalidValue(f"mode={plan.mode.value!r} is not accepted by ptjupyter.k8s; expected a plan resolved with "
                          "target='k8s' (mode pod, pytorchjob or trainjob)")
@@ -37,8 +37,8 @@ def prepare(plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[str, An
     payload = payload or pl.build(fn, shipped)
     builder = tj.build if plan.mode is Mode.TRAINJOB else mf.build
     job = builder(plan, name, payload.files, payload.nonce)
-    cm = mf.configmap(name, plan.k8s.namespace, payload.data, payload.binary,
-                      {mf.LABEL_MANAGED: "ptjupyter", mf.LABEL_JOB: name})
+    cm = mf.secret(name, plan.k8s.namespace, payload.data, payload.binary,
+                   {mf.LABEL_MANAGED: "ptjupyter", mf.LABEL_JOB: name})
     return job, cm, payload
 
 
@@ -49,7 +49,7 @@ def submit(kube, plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[st
     if resource == "trainjobs":
         check_runtime(kube, plan)
     try:
-        kube.request("POST", "configmaps", body=cm)
+        kube.request("POST", "secrets", body=cm)
     except K8sError as e:
         if e.status != 409:
             raise
@@ -58,8 +58,8 @@ def submit(kube, plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[st
         except K8sError as e2:
             if e2.status != 404:
                 raise
-            kube.request("DELETE", "configmaps", cm["metadata"]["name"])
-            kube.request("POST", "configmaps", body=cm)
+            kube.request("DELETE", "secrets", cm["metadata"]["name"])
+            kube.request("POST", "secrets", body=cm)
         else:
             raise K8sError(f"Kubernetes API: a {job['kind']} named {name!r} already exists in namespace "
                            f"{kube.namespace!r} (409): choose another job name (job_name=/--job-name) or cancel it: "
@@ -68,7 +68,7 @@ def submit(kube, plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[st
         created = _create_job(kube, resource, job, payload.nonce)
     except BaseException:
         try:
-            kube.request("DELETE", "configmaps", cm["metadata"]["name"], attempts=2)
+            kube.request("DELETE", "secrets", cm["metadata"]["name"], attempts=2)
         except K8sError:
             pass
         raise
@@ -76,10 +76,10 @@ def submit(kube, plan: Plan, fn: Callable[[], Any], shipped: Optional[Mapping[st
     owner = {"apiVersion": job["apiVersion"], "kind": job["kind"], "name": name, "uid": md.get("uid"),
              "blockOwnerDeletion": False, "controller": False}
     try:
-        kube.request("PATCH", "configmaps", cm["metadata"]["name"], body={"metadata": {"ownerReferences": [owner]}},
+        kube.request("PATCH", "secrets", cm["metadata"]["name"], body={"metadata": {"ownerReferences": [owner]}},
                      content_type=MERGE_PATCH)
     except K8sError as e:
-        out(f"[ptjupyter] warning: the payload ConfigMap {cm['metadata']['name']} could not be tied to the job ({e}); "
+        out(f"[ptjupyter] warning: the payload Secret {cm['metadata']['name']} could not be tied to the job ({e}); "
             "%pytorch_elastic_jobs cancel deletes it too")
     return JobRef(name, kube.namespace, resource, payload.nonce, md.get("uid"))
 

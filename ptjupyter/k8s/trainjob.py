@@ -51,8 +51,8 @@ def _env(plan: Plan) -> list:
 
 def _patch(plan: Plan, name: str, files: Mapping[str, str]) -> dict:
     """Our runtimePatches entry: pod labels, the payload volume, node selector, tolerations, service account."""
-    volumes = [{"name": "ptjupyter-payload", "configMap": {"name": mf.configmap_name(name),
-                                                           "items": mf.payload_volume_items(files)}}]
+    volumes = [{"name": "ptjupyter-payload", "secret": {"secretName": mf.secret_name(name),
+                                                        "items": mf.payload_volume_items(files)}}]
     mounts = [{"name": "ptjupyter-payload", "mountPath": mf.PAYLOAD_DIR, "readOnly": True}]
     if getattr(plan.config, "increase_shared_mem", True):
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})

@@ -6,7 +6,7 @@ timestamps) and no way to cut a stream mid-line; each would be a shim. This serv
 the REST paths ptjupyter uses, the way the real apiserver answers them:
 
 - create/get/list/watch/patch(merge)/delete of pytorchjobs (kubeflow.org/v1), jobs (batch/v1),
-  configmaps, pods, events; ``labelSelector`` (k=v,...), ``fieldSelector`` (metadata.name,
+  configmaps, secrets, pods, events; ``labelSelector`` (k=v,...), ``fieldSelector`` (metadata.name,
   involvedObject.name); one global resourceVersion; ``watch=1`` streams JSON lines from a given
   resourceVersion (or ADDED for the current state), ``ERROR``/410 Expired after :meth:`compact`;
   Status error bodies; ownerReference garbage collection on delete; PyTorchJob creates are checked
@@ -19,7 +19,7 @@ the REST paths ptjupyter uses, the way the real apiserver answers them:
 - Kubeflow Trainer v2 (``trainer=True``): TrainJob, ClusterTrainingRuntime, TrainingRuntime, JobSet and their
   discovery, with the fake controller of fake_trainer.py; ``kueue=True`` holds queued TrainJobs until :meth:`admit`.
 - the operator: for each PyTorchJob/Job created it makes the pods (operator names and labels),
-  materialises their ConfigMap volumes in a temp dir, starts the container command as a REAL local
+  materialises their Secret (and ConfigMap) volumes in a temp dir, starts the container command as a REAL local
   process with the environment the training operator injects (rendezvous on 127.0.0.1:<free port>),
   serves the output as the pod log, and moves pod phases and job conditions
   Created -> Running -> Succeeded/Failed (elastic: Succeeded when any worker succeeds).
@@ -52,6 +52,7 @@ ROUTE = re.compile(r"^/(?:api/v1|apis/(?P<group>[a-z.-]+)/(?P<version>v1|v1alpha
                    r"(?:/namespaces/(?P<ns>[a-z0-9-]+))?/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
 DISCOVERY = re.compile(r"^/apis/(?P<group>[a-z.-]+)/(?P<version>v1|v1alpha1|v1alpha2)/?$")
 KINDS = {"pytorchjobs": ("PyTorchJob", "kubeflow.org/v1"), "jobs": ("Job", "batch/v1"), "configmaps": ("ConfigMap", "v1"),
+         "secrets": ("Secret", "v1"),
          "pods": ("Pod", "v1"), "events": ("Event", "v1"), "trainjobs": ("TrainJob", "trainer.kubeflow.org/v1alpha1"),
          "clustertrainingruntimes": ("ClusterTrainingRuntime", "trainer.kubeflow.org/v1alpha1"),
          "trainingruntimes": ("TrainingRuntime", "trainer.kubeflow.org/v1alpha1"),
@@ -656,21 +657,24 @@ class FakeK8s:
         vols = {v["name"]: v for v in spec.get("volumes") or []}
         for vm in c.get("volumeMounts") or []:
             vol = vols.get(vm["name"]) or {}
-            if "configMap" in vol:
-                cm = self.objects.get(("configmaps", ns, vol["configMap"]["name"]))
-                if cm is None:
-                    await self._event(ns, pod, "FailedMount", f'configmap "{vol["configMap"]["name"]}" not found', "Warning")
+            if "configMap" in vol or "secret" in vol:
+                src, kind = (vol["secret"], "secret") if "secret" in vol else (vol["configMap"], "configmap")
+                oname = src.get("secretName") if kind == "secret" else src.get("name")
+                obj = self.objects.get(("secrets" if kind == "secret" else "configmaps", ns, oname))
+                if obj is None:
+                    await self._event(ns, pod, "FailedMount", f'{kind} "{oname}" not found', "Warning")
                     return
+                # a Secret's data is base64 (stringData is merged in by the apiserver); a ConfigMap's binaryData is
+                files = {k: v.encode() for k, v in (obj.get("stringData") or {}).items()} if kind == "secret" else {}
+                b64 = obj.get("data") if kind == "secret" else obj.get("binaryData")
+                files.update({k: base64.b64decode(v) for k, v in (b64 or {}).items()})
+                if kind == "configmap":
+                    files.update({k: v.encode() for k, v in (obj.get("data") or {}).items()})
                 d = pod_dir / vm["name"]
-                items = vol["configMap"].get("items") or [{"key": k, "path": k} for k in
-                                                          list(cm.get("data") or {}) + list(cm.get("binaryData") or {})]
-                for it in items:
+                for it in src.get("items") or [{"key": k, "path": k} for k in files]:
                     target = d / it["path"]
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    if it["key"] in (cm.get("binaryData") or {}):
-                        target.write_bytes(base64.b64decode(cm["binaryData"][it["key"]]))
-                    else:
-                        target.write_text(cm["data"][it["key"]])
+                    target.write_bytes(files[it["key"]])
                 mounts[vm["mountPath"]] = str(d)
 
         def local(s: str) -> str:

@@ -76,7 +76,7 @@ def test_single_node_job_returns_value_and_both_streams(fake, api, plan_for):
     assert not any("##ptjupyter-result" in line for line in out)
     job = fake.get("jobs", fake.names("jobs")[0])
     assert job["kind"] == "Job" and fake.names("pytorchjobs") == []
-    cm = fake.get("configmaps", fake.names("configmaps")[0])
+    cm = fake.get("secrets", fake.names("secrets")[0])
     assert cm["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
 
 
@@ -120,7 +120,7 @@ def test_cancel_deletes_job_pods_and_payload(fake, api, plan_for):
     out = []
     jobs.main("cancel ptj-cancel", out=out.append, api_client=api)
     assert "cancelled default/ptj-cancel" in out[-1]
-    assert fake.get("jobs", "ptj-cancel") is None and fake.names("configmaps") == [] and fake.names("pods") == []
+    assert fake.get("jobs", "ptj-cancel") is None and fake.names("secrets") == [] and fake.names("pods") == []
     assert not fake.proc_alive(pod)
 
 
@@ -179,7 +179,7 @@ def test_job_deleted_from_outside_while_followed(fake, api, plan_for, recorder):
         run(plan_for(Elastic(), job_name="ptj-gone"), k8s_cells.slow(40), api_client=api, sink=recorder(on_line),
             out=lambda s: None)
     assert "ptj-gone was deleted while it was followed" in str(e.value)
-    assert fake.names("pods") == [] and fake.names("configmaps") == []
+    assert fake.names("pods") == [] and fake.names("secrets") == []
 
 
 def test_k8s_cell_in_a_real_shell_through_the_kubeconfig(fake, tmp_path, monkeypatch, capsys):

@@ -24,9 +24,9 @@ def _submit(api, plan, **kw):
 
 
 def test_401_says_log_in_again(fake, api, plan_for):
-    fake.fail("POST", r"/configmaps$", 401, message="Unauthorized")
+    fake.fail("POST", r"/secrets$", 401, message="Unauthorized")
     msg = _submit(api, plan_for(Elastic(nnodes=2)))
-    assert "unauthorized (401)" in msg and "create configmaps in namespace 'default'" in msg and "log in again" in msg
+    assert "unauthorized (401)" in msg and "create secrets in namespace 'default'" in msg and "log in again" in msg
 
 
 def test_403_names_verb_resource_namespace_and_rbac(fake, api, plan_for):
@@ -34,19 +34,19 @@ def test_403_names_verb_resource_namespace_and_rbac(fake, api, plan_for):
     msg = _submit(api, plan_for(Elastic(nnodes=2), namespace="team-a"))
     assert "forbidden (403)" in msg and "create pytorchjobs.kubeflow.org in namespace 'team-a'" in msg
     assert "RBAC" in msg and "kubectl auth can-i create pytorchjobs.kubeflow.org -n team-a" in msg
-    assert fake.names("configmaps", "team-a") == []  # the payload of a refused job is removed again
+    assert fake.names("secrets", "team-a") == []  # the payload of a refused job is removed again
 
 
 def test_404_on_pytorchjobs_means_no_training_operator(api, plan_for):
     with fake_k8s.FakeK8s(crd=False) as no_crd:
         msg = _submit(no_crd.api_client(), plan_for(Elastic(nnodes=2)))
-        assert no_crd.names("configmaps") == []
+        assert no_crd.names("secrets") == []
     # discovery (api auto) says so before anything is sent
     assert "no training operator on this cluster" in msg and "it serves only jobs (batch/v1)" in msg
 
 
 def test_404_namespace_missing(fake, api, plan_for):
-    fake.fail("POST", r"/configmaps$", 404, message='namespaces "nope" not found', details={"name": "nope", "kind": "namespaces"})
+    fake.fail("POST", r"/secrets$", 404, message='namespaces "nope" not found', details={"name": "nope", "kind": "namespaces"})
     msg = _submit(api, plan_for(Elastic(nnodes=2), namespace="nope"))
     assert "namespace 'nope' not found" in msg
 
@@ -62,7 +62,7 @@ def test_409_job_exists_suggests_new_name_or_cancel(fake, api, plan_for):
 def test_409_on_the_job_itself(fake, api, plan_for):
     fake.fail("POST", PTJ, 409, message='pytorchjobs.kubeflow.org "x" already exists')
     msg = _submit(api, plan_for(Elastic(nnodes=2), job_name="x"))
-    assert "already exists" in msg and "cancel x" in msg and fake.names("configmaps") == []
+    assert "already exists" in msg and "cancel x" in msg and fake.names("secrets") == []
 
 
 def test_422_shows_the_servers_field_message(fake, api, plan_for):
@@ -81,7 +81,7 @@ def test_500_and_503_are_retried_with_backoff(fake, api, plan_for):
 
 
 def test_persistent_503_gives_up_after_a_bounded_number_of_attempts(fake, api, plan_for):
-    fake.fail("POST", r"/configmaps$", 503, times=100, message="etcd leader changed")
+    fake.fail("POST", r"/secrets$", 503, times=100, message="etcd leader changed")
     t = time.monotonic()
     msg = _submit(api, plan_for(Elastic(nnodes=2)))
     assert time.monotonic() - t < 10
@@ -136,7 +136,7 @@ def test_the_kubeconfig_contexts_namespace_is_used_unless_one_is_given(fake, tmp
     monkeypatch.setenv("KUBECONFIG", str(cfg))
     ref = run(plan_for(Elastic()), k8s_cells.hello, detach=True, out=lambda s: None)
     assert ref.namespace == "team-b" and fake.get("jobs", ref.name, "team-b")["metadata"]["namespace"] == "team-b"
-    assert fake.names("configmaps", "team-b") == [f"{ref.name}-payload"]
+    assert fake.names("secrets", "team-b") == [f"{ref.name}-payload"]
     ref = run(plan_for(Elastic(), namespace="team-c"), k8s_cells.hello, detach=True, out=lambda s: None)
     assert ref.namespace == "team-c"
 
@@ -204,7 +204,7 @@ def test_an_explicit_default_namespace_is_used_as_given(fake, tmp_path, monkeypa
                 out=out.append)
     assert (bare.namespace, given.namespace) == ("team-a", "default")
     assert fake.names("jobs", "team-a") == ["ptj-bare"] and fake.names("jobs", "default") == ["ptj-given"]
-    assert fake.names("configmaps", "default") == ["ptj-given-payload"]
+    assert fake.names("secrets", "default") == ["ptj-given-payload"]
     # the hints work as typed: a bare %pytorch_elastic_jobs looks in the context's namespace
     assert "Follow: %pytorch_elastic_jobs attach ptj-bare   Cancel" in out[1]
     assert "attach ptj-given -n default" in out[3] and "cancel ptj-given -n default" in out[3]
@@ -228,7 +228,7 @@ def test_the_jobs_magic_defaults_to_the_kubeconfig_contexts_namespace(fake, tmp_
     assert listed("-n default") == ["ptj-in-default"] == listed("list --namespace default")
     out = []
     jobs.main("cancel ptj-in-team-a", out=out.append)
-    assert out == ["[ptjupyter] cancelled team-a/ptj-in-team-a: job, pods and payload ConfigMap deleted"]
+    assert out == ["[ptjupyter] cancelled team-a/ptj-in-team-a: job, pods and payload Secret deleted"]
     out = []
     jobs.main("", out=out.append)
     assert out == ["no ptjupyter jobs in namespace 'team-a'"]

@@ -74,7 +74,7 @@ def test_every_generated_pytorchjob_validates(config, options):
         c = pod["containers"][0]
         assert c["name"] == "pytorch" and c["command"][0] == "torchrun" and c["command"][-1] == "/etc/ptjupyter/entrypoint.py"
         assert {"name": "ptjupyter-payload", "mountPath": "/etc/ptjupyter", "readOnly": True} in c["volumeMounts"]
-        assert {v["name"]: v for v in pod["volumes"]}["ptjupyter-payload"]["configMap"]["name"] == cm["metadata"]["name"]
+        assert {v["name"]: v for v in pod["volumes"]}["ptjupyter-payload"]["secret"]["secretName"] == cm["metadata"]["name"]
         labels = group["template"]["metadata"]["labels"]
         assert labels["ptjupyter.io/job-name"] == job["metadata"]["name"]
         assert labels["app.kubernetes.io/managed-by"] == "ptjupyter"
@@ -94,7 +94,7 @@ ITEMS = [{"key": "entrypoint.py", "path": "entrypoint.py"},
 ENV = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "PTJUPYTER_PAYLOAD", "value": "/etc/ptjupyter"}]
 PAYLOAD_MOUNT = {"name": "ptjupyter-payload", "mountPath": "/etc/ptjupyter", "readOnly": True}
 SHM_MOUNT = {"name": "shm", "mountPath": "/dev/shm"}
-PAYLOAD_VOLUME = {"name": "ptjupyter-payload", "configMap": {"name": "ptj-lit-payload", "items": ITEMS}}
+PAYLOAD_VOLUME = {"name": "ptjupyter-payload", "secret": {"secretName": "ptj-lit-payload", "items": ITEMS}}
 SHM_VOLUME = {"name": "shm", "emptyDir": {"medium": "Memory"}}
 MANAGED = {"app.kubernetes.io/managed-by": "ptjupyter", "ptjupyter.io/job-name": "ptj-lit"}
 ENTRY = "/etc/ptjupyter/entrypoint.py"

@@ -18,7 +18,7 @@ from ptjupyter.k8s.entrypoint import MARK
 
 
 def _materialise(p: payload.Payload, d) -> str:
-    """Write the ConfigMap files as the kubelet would mount them; return the mount dir."""
+    """Write the Secret files as the kubelet would mount them; return the mount dir."""
     for key, path in p.files.items():
         target = d / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def test_dry_run_sends_nothing(fake, plan_for, no_kubeconfig):
     assert fake.requests == []
     docs = [d for d in yaml.safe_load_all(text) if d]
     assert docs[0]["kind"] == "PyTorchJob" and docs[0]["metadata"]["name"] == "ptj-dry"
-    assert docs[1]["kind"] == "ConfigMap" and docs[1]["metadata"]["name"] == "ptj-dry-payload"
+    assert docs[1]["kind"] == "Secret" and docs[1]["type"] == "Opaque" and "data" not in docs[1] and docs[1]["metadata"]["name"] == "ptj-dry-payload"
     assert "# shipped: weights (2.0 KiB)" in text and "# payload: " in text and "nothing was sent" in text
 
 

@@ -51,7 +51,7 @@ def test_two_node_trainjob_all_reduce_returns_rank0_value(fake_v2, plan_for, rec
     assert sorted(p["spec"]["hostname"] for p in pods) == ["ptj-tj2-node-0-0", "ptj-tj2-node-0-1"]
     env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
     assert env["PET_MASTER_ADDR"] == "ptj-tj2-node-0-0.ptj-tj2" and env["PET_NNODES"] == "2"
-    cm = fake_v2.get("configmaps", "ptj-tj2-payload")
+    cm = fake_v2.get("secrets", "ptj-tj2-payload")
     assert cm["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
     print(f"2-node TrainJob: submit -> first log line {rec.lines[0][0]:.2f} s, whole run {time.monotonic() - t0:.1f} s")
 
@@ -90,7 +90,7 @@ def test_api_auto_picks_what_the_cluster_serves(fake_v2, plan_for):
         run(plan_for(Elastic(nnodes=2), api="pytorchjob"), k8s_cells.hello, api_client=api, out=lambda s: None)
     with pytest.raises(K8sError, match=r"runtime='nope' is not accepted.*it has torch-distributed"):
         run(plan_for(Elastic(nnodes=2), runtime="nope"), k8s_cells.hello, api_client=api, out=lambda s: None)
-    assert fake_v2.names("trainjobs") == [] and fake_v2.names("configmaps") == []
+    assert fake_v2.names("trainjobs") == [] and fake_v2.names("secrets") == []
 
 
 def test_jobs_magic_lists_and_cancels_a_trainjob(fake_v2, plan_for):
@@ -105,4 +105,4 @@ def test_jobs_magic_lists_and_cancels_a_trainjob(fake_v2, plan_for):
     row = next(line for line in out if line.startswith("ptj-list"))
     assert "TrainJob" in row and "Queued" in row and "waiting for admission in queue team-q" in row, out
     jobs.main("cancel ptj-list", out=out.append, api_client=api)
-    assert fake_v2.names("trainjobs") == [] and fake_v2.names("configmaps") == []
+    assert fake_v2.names("trainjobs") == [] and fake_v2.names("secrets") == []

@@ -256,7 +256,7 @@ def log_drop(fake, rng):
 
 
 TRANSIENT = [  # (method, path pattern, watch, when): when "submit" the fault is set before the run
-    ("POST", r"/configmaps$", None, "submit"),
+    ("POST", r"/secrets$", None, "submit"),
     ("POST", r"/jobs$", None, "submit"),
     ("GET", r"/jobs$", False, "submit"),
     ("GET", r"/pods$", False, "submit"),
@@ -337,7 +337,7 @@ def persistent_5xx(fake, rng, case, monkeypatch):
         assert isinstance(value, K8sError), value
         msg = one_line(value)
         assert f"({status}" in msg and f"gave up after {kclient.ATTEMPTS} attempts" in msg, msg
-        assert hits == kclient.ATTEMPTS and fake.names("configmaps") == [] and fake.names("jobs") == []
+        assert hits == kclient.ATTEMPTS and fake.names("secrets") == [] and fake.names("jobs") == []
     elif pattern.endswith("log$"):
         # the job itself succeeds; the log cannot be read: said once, the rest of the run goes on
         assert value is None, value
@@ -396,7 +396,7 @@ def job_deleted(fake, rng):
     assert one_line(value) == (f"job default/{JOB} was deleted while it was followed (cancelled elsewhere, "
                                "or removed by its TTL)")
     assert_lines_exact(fake, rec, upto=deleted[0])
-    assert fake.names("pods") == [] and fake.names("configmaps") == []
+    assert fake.names("pods") == [] and fake.names("secrets") == []
     assert_bounded(fake, 4)
     COUNTS["job deleted"] += 1
 
@@ -416,7 +416,7 @@ def cases(reps, seed):
         out += [("transient_5xx", rng.choice([c for c in TRANSIENT if c[3] == "submit"])),
                 ("transient_5xx", rng.choice([c for c in TRANSIENT if c[2]])),
                 ("transient_5xx", TRANSIENT[-1])]
-    persistent = [("POST", r"/configmaps$", None), ("GET", r"/jobs$", True), ("GET", r"/log$", None)]
+    persistent = [("POST", r"/secrets$", None), ("GET", r"/jobs$", True), ("GET", r"/log$", None)]
     for _ in range(reps if reps > SHORT else 1):
         out += [("persistent_5xx", p) for p in persistent]
     return [(kind, arg, rng.randrange(1 << 30)) for kind, arg in out]
@@ -529,13 +529,13 @@ def test_no_secret_is_printed_raised_or_logged(fake, user, tmp_path, monkeypatch
             monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / f"kubeconfig-{fault}", server, user)))
             monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
             if fault in ("401", "403"):
-                fake.fail("POST", r"/configmaps$", int(fault), message="Unauthorized" if fault == "401" else
-                          'configmaps is forbidden: User "ann" cannot create resource "configmaps"')
+                fake.fail("POST", r"/secrets$", int(fault), message="Unauthorized" if fault == "401" else
+                          'secrets is forbidden: User "ann" cannot create resource "secrets"')
             elif fault == "500-transient":
                 fake.fail("POST", r"/jobs$", 500, times=2)
                 fake.fail("GET", r"/log$", 500, times=1)
             elif fault == "500-persistent":
-                fake.fail("POST", r"/configmaps$", 500, times=10 ** 6)
+                fake.fail("POST", r"/secrets$", 500, times=10 ** 6)
             out = []
             name = f"ptj-sec-{fault}"
 
