@@ -106,3 +106,25 @@ def test_jobs_magic_lists_and_cancels_a_trainjob(fake_v2, plan_for):
     assert "TrainJob" in row and "Queued" in row and "waiting for admission in queue team-q" in row, out
     jobs.main("cancel ptj-list", out=out.append, api_client=api)
     assert fake_v2.names("trainjobs") == [] and fake_v2.names("secrets") == []
+
+
+def test_a_trainjob_cell_in_a_real_shell_shows_node_lines_and_returns_rank0(fake_v2, tmp_path, monkeypatch, capsys):
+    """%%pytorch_elastic --target k8s --nnodes 2 (api auto on a Trainer-only cluster) through $KUBECONFIG."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{fake_v2.host}'}}}}]\n"
+        "users: [{name: u, user: {token: not-a-real-token}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: u}}]\n")
+    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "ptjupyter")
+    shell.user_ns["ddp_sum"] = k8s_cells.ddp_sum
+    value = shell.run_cell_magic("pytorch_elastic", "--target k8s --nnodes 2 --image local/python:3.11 "
+                                 "--job-name ptj-tjcell", "ddp_sum()")
+    assert value == {"sum": 3.0, "world": 2}
+    out = capsys.readouterr().out
+    assert "[ptjupyter] submitted TrainJob default/ptj-tjcell" in out, out
+    assert "[node-0] rank 0 step 3" in out and "[node-1] rank 1 step 3" in out and "2/2 pods exited 0" in out, out
