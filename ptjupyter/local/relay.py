@@ -31,7 +31,7 @@ from typing import Optional
 from ..errors import cause
 from .rich import MARK, decode
 
-__all__ = ["PrintSink", "Relay", "WorkerInfo", "worker_info"]
+__all__ = ["PrintSink", "Relay", "WorkerInfo", "worker_info", "last_redraw"]
 
 logger = logging.getLogger("ptjupyter")
 _NAME = re.compile(r"^r(\d+)\.a(\d+)\.(out|err|pid)$")
@@ -125,7 +125,6 @@ class Relay(threading.Thread):
         self._seen: set[str] = set()
         self._pidfds: dict[int, WorkerInfo] = {}
         self._done = threading.Event()
-        self._final_codes: dict[int, Optional[int]] = {}
         self._progress_at: dict[int, float] = {}  # rank -> when its last redraw went to the sink
         self._progress = getattr(sink, "progress", None)
         self._display = getattr(sink, "display", None)
@@ -227,7 +226,7 @@ class Relay(threading.Thread):
         if lines:
             tail.redraw = None  # the line ended: it carries its final state itself
         if b"\r" in tail.pending and self._progress is not None:
-            tail.redraw = _redraw(tail.pending)
+            tail.redraw = last_redraw(tail.pending.decode("utf-8", "replace")) or None
         line = self.sink.line
         for raw in lines:
             try:
@@ -339,12 +338,9 @@ def _text(raw: bytes) -> str:
     return text
 
 
-def _redraw(pending: bytes) -> Optional[str]:
-    """What a terminal shows of a line being redrawn: its last non-empty ``\r`` segment."""
-    for part in reversed(pending.split(b"\r")):
-        if part:
-            return part.decode("utf-8", "replace")
-    return None
+def last_redraw(text: str) -> str:
+    """What a terminal shows of a line redrawn with ``\r`` (a progress bar): its last non-empty segment."""
+    return next((part for part in reversed(text.split("\r")) if part), "")
 
 
 def _order(name: str):

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 from ..errors import PtjupyterError
+from ..local.relay import last_redraw
 from .errors import SessionBroken, SessionCellFailed, SessionStartFailed, SessionTimeout
 
 __all__ = ["Session", "GRACE"]
@@ -48,10 +49,8 @@ class Session:
         self.names: set = set()  # names the ranks hold (cells assigned them, or push): not shipped again
         self.env: dict = {}  # rank -> the torchrun environment it saw
         self.backend = plan.backend
-        self.started_at = time.time()
         self.start_seconds = 0.0
         self._seq = 0
-        self._lost_lines: list = []
 
     # -- lifecycle
     def start(self) -> "Session":
@@ -119,9 +118,6 @@ class Session:
     # -- commands
     def check(self) -> None:
         """Raise the one-line reason when the session cannot run a cell (broken, stopped, a rank gone)."""
-        self._usable()
-
-    def _usable(self) -> None:
         if self.state == "broken":
             raise SessionBroken(self.reason)
         if self.state == "stopped":
@@ -147,13 +143,9 @@ class Session:
     def _pump(self, wait: _Wait, deadline: Optional[float]) -> list:
         """Handle what arrives until ``deadline`` or until no rank is pending; returns ranks that died."""
         while wait.pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if left == 0.0:
+            if deadline is not None and time.monotonic() >= deadline:
                 return []
-            msgs, fired = self.chan.recv(None if left is None else left * 1000)
-            for kind, body in msgs:
-                self._handle(wait, kind, body)
-            dead = self.ranks.died(fired)
+            dead = self._pump_one(wait, deadline)
             if dead:
                 return dead
         return []
@@ -163,7 +155,7 @@ class Session:
             sink = wait.sink
             for text in body["text"].split("\n"):
                 if "\r" in text:  # progress bars redraw with \r: what a terminal would show at the end
-                    text = text.rstrip("\r").rsplit("\r", 1)[-1]
+                    text = last_redraw(text)
                 if sink is not None:
                     sink.line(body["rank"], body["stream"], text)
                 else:
@@ -180,7 +172,7 @@ class Session:
         __tracebackhide__ = True  # noqa: F841
         import cloudpickle
 
-        self._usable()
+        self.check()
         timeout = self.timeout if timeout is None else timeout
         payload = cloudpickle.dumps((fn, tuple(args), kwargs or {}))
         ranks = range(self.world_size)
@@ -262,7 +254,7 @@ class Session:
         raise SessionBroken(f"rank {rank} died ({how}) during the cell; the other ranks were stopped", now=True)
 
     def _command(self, kind: str, body: dict, ranks, timeout: float = 300.0) -> dict:
-        self._usable()
+        self.check()
         wait = self._send(kind, body, ranks)
         dead = self._pump(wait, time.monotonic() + timeout)
         if dead:
