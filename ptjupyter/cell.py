@@ -35,15 +35,13 @@ class CellSyntaxError(PtjupyterError):
 
 
 def run_cell(shell, cell: str, line: str, layers: Sequence[Layer], *, out: Optional[str] = None,
-             rank0_only: bool = False, debug: bool = False, dry_run: bool = False, status: str = "auto",
+             debug: bool = False, dry_run: bool = False, status: str = "auto",
              warn_mb: float = 100.0, on_plan=None) -> Any:
     """Run ``cell`` as the layers say and return what the cell shows (rank 0's last expression, or None).
 
     ``on_plan(plan)`` is told the resolved plan (the magic keeps the last one for ``--dry-run`` users).
     """
     __tracebackhide__ = True  # noqa: F841 - IPython hides this frame in tracebacks
-    if rank0_only:  # callers of old: the plan's ranks say what is shown
-        layers = list(layers) + [Layer("rank0_only", {"ranks": (0,)})]
     if out is not None and not out.isidentifier():
         raise OptionError(f"--out {out!r} is not accepted; expected a Python variable name")
     prev_level = logger.level
@@ -129,10 +127,10 @@ def _print_dry_run(plan, captured) -> None:
 
 
 def _sink(shell, plan, *, status: str):
-    from .display import CellSink, status_mode
+    from .display import CellSink, in_kernel, status_mode
 
     mode = status_mode(status, shell)
-    shown = dict(ranks=plan.ranks, rich=type(shell).__name__ == "ZMQInteractiveShell")
+    shown = dict(ranks=plan.ranks, rich=in_kernel(shell))
     if plan.mode is Mode.SESSION:
         from .session import current
         from .session.sink import SessionSink

@@ -12,8 +12,8 @@ A rank's progress bar (``progress(rank, stream, text)``: the latest ``\r`` redra
 the relay) is one live line per rank and stream, updated in place in a kernel and cleared when the line
 ends (its final state then arrives as an ordinary line); elsewhere a redraw is printed as a line at most
 every ``TEXT_PROGRESS_INTERVAL`` s. ``display(rank, bundle, metadata)`` (a rank's ``display(obj)``) is
-display data labelled with the rank in a kernel, its ``text/plain`` form elsewhere. ``ranks`` (or
-``rank0_only``) filters lines, progress and displays alike.
+display data labelled with the rank in a kernel, its ``text/plain`` form elsewhere. ``ranks`` filters
+lines, progress and displays alike.
 """
 from __future__ import annotations
 
@@ -29,14 +29,18 @@ __all__ = ["CellSink", "status_mode", "STATUS_MODES"]
 STATUS_MODES = ("auto", "html", "text", "off")
 
 
+def in_kernel(shell) -> bool:
+    """The shell is a Jupyter kernel's (its frontend shows HTML, live updates and display data)."""
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def status_mode(requested: str = "auto", shell=None) -> str:
     """``html`` in a kernel, ``text`` in a terminal or a bare InteractiveShell; ``PTJUPYTER_STATUS`` overrides."""
     mode = os.environ.get("PTJUPYTER_STATUS", "").strip().lower() or requested
     if mode not in STATUS_MODES:
         mode = "auto"
     if mode == "auto":
-        kernel = shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-        mode = "html" if kernel else "text"
+        mode = "html" if in_kernel(shell) else "text"
     return mode
 
 
@@ -46,13 +50,12 @@ class CellSink:
     TICK = 1.0  # seconds between elapsed-time refreshes of the live status
     TEXT_PROGRESS_INTERVAL = 1.0  # seconds between two progress lines of one rank without a kernel
 
-    def __init__(self, nproc: int, *, rank0_only: bool = False, status: str = "text", label: str = "pytorch_elastic",
+    def __init__(self, nproc: int, *, status: str = "text", label: str = "pytorch_elastic",
                  stdout=None, stderr=None, name=None, unit: str = "rank", ranks=None, rich: Optional[bool] = None):
         self.nproc = nproc
         self.name = name or (lambda r: f"rank{r}")  # how a line's source is shown: rank1, worker-0, master-0
         self.unit = unit
-        self.rank0_only = rank0_only
-        self.shown = frozenset(ranks) if ranks is not None else frozenset({0}) if rank0_only else None
+        self.shown = frozenset(ranks) if ranks is not None else None
         self.rich = status == "html" if rich is None else rich  # a kernel: live lines and display data
         self._live: dict = {}  # (rank, stream) -> display handle of its progress line (kernel), or None
         self._text_progress_at: dict = {}

@@ -75,6 +75,7 @@ def run(plan, fn: Callable, args=(), kwargs=None, *, sink=None) -> Any:
 
 def cell_function(captured) -> Optional[Any]:
     """A captured cell as the ranks run it: in their namespaces, shipping only the notebook names they lack."""
+    from ..capture import CELL_FILENAME
     from .rank import InNamespace
 
     s = current()
@@ -84,4 +85,4 @@ def cell_function(captured) -> Optional[Any]:
     names = {n: v for n, v in captured.names.items() if n not in held}
     if s is not None:
         s.names.update(captured.assigned)
-    return InNamespace(captured.tree, "<pytorch_elastic cell>", captured.code.splitlines(True), names)
+    return InNamespace(captured.tree, CELL_FILENAME, captured.code.splitlines(True), names)

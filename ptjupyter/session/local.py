@@ -36,7 +36,6 @@ class LocalRanks:
         self.thread: Optional[threading.Thread] = None
         self.run_dir = ""
         self._pidfds: dict[int, int] = {}  # fd -> rank
-        self._dead: dict[int, str] = {}
 
     def start(self, address: dict, key: bytes) -> None:
         from ..local import launch as launch_mod
