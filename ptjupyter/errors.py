@@ -92,6 +92,7 @@ class RankFailed(PtjupyterError, RuntimeError):
         self.others = dict(others or {})  # rank -> cause of the other ranks (mostly "stopped")
         self.hint = hint if hint is not None else hint_for(self.traceback_text)
         self.timestamp = timestamp  # when the rank's error happened (time.time()), when known
+        self.log_file: Optional[str] = None  # the rank's kept stderr (--log-dir), see name_log_file
         what = self.signal_name or cause(exitcode)
         head = f"rank {rank} failed ({what})"
         if self.signal_name is None and exitcode is not None and exitcode >= 0 and self.traceback_text:
@@ -113,6 +114,11 @@ class RankFailed(PtjupyterError, RuntimeError):
     def header(self) -> str:
         return self.headline
 
+    def name_log_file(self, path: str) -> None:
+        """Say where the failing rank's full output was kept (``--log-dir``)."""
+        self.log_file = path
+        self.details.append(f"rank {self.rank}'s full output: {path}")
+
     def render(self) -> list[str]:
         lines = [self.headline, "(the other ranks were stopped)"]
         if self.traceback_text.strip():
@@ -122,7 +128,7 @@ class RankFailed(PtjupyterError, RuntimeError):
             lines += ["", f"(the worker was killed by {self.signal_name}; no Python traceback)"]
         if self.others:
             lines.append("other ranks: " + ", ".join(f"rank {r} ({c})" for r, c in sorted(self.others.items())))
-        if getattr(self, "log_file", None):
+        if self.log_file:
             lines.append(f"rank {self.rank}'s full output: {self.log_file} (and stdout.log beside it)")
         if self.hint:
             lines += ["", "hint: " + self.hint]

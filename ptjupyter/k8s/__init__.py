@@ -51,11 +51,9 @@ def run(plan, fn: Callable[[], Any], *, sink=None, detach: bool = False, api_cli
                 manifest["metadata"]["namespace"] = kube.namespace
     with _as_k8s_error("asking the cluster which job APIs it serves failed (nothing was submitted)"):
         settled = settle(kube, plan)
-    if settled.mode is not plan.mode:  # api auto: a TrainJob after all
+    if settled.mode is not plan.mode:  # api auto: a TrainJob after all (plan carries the namespace by now)
         plan = settled
         prepared = prepare(plan, fn, shipped, name=prepared[0]["metadata"]["name"], payload=prepared[2])
-        for manifest in prepared[:2]:
-            manifest["metadata"]["namespace"] = kube.namespace
     name = prepared[0]["metadata"]["name"]
     with _as_k8s_error(f"submitting job {kube.namespace}/{name} failed (%pytorch_elastic_jobs shows whether it exists)"):
         ref = submit(kube, plan, fn, shipped, out=out, prepared=prepared)

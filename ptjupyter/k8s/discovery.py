@@ -61,7 +61,7 @@ def settle(kube, plan: Plan, fresh: bool = False) -> Plan:
     if plan.mode is Mode.POD:
         return plan  # batch/v1 is always there
     have = served(kube, fresh)
-    source = plan.sources.get("api", "default")
+    source = plan.sources.get("api", "default")  # only to name it in the message, as describe() would
     if plan.api != "auto":
         resource = "trainjobs" if plan.mode is Mode.TRAINJOB else "pytorchjobs"
         if resource not in have:

@@ -240,8 +240,7 @@ class Launch:
                     pass
         error = first_failure(workers, torch_failures, self.plan.max_restarts)
         if self.log_folder:
-            error.log_file = keep.log_file(self.log_folder, error.rank, error.attempt)
-            error.details.append(f"rank {error.rank}'s full output: {error.log_file}")
+            error.name_log_file(keep.log_file(self.log_folder, error.rank, error.attempt))
         return error
 
 
