@@ -90,6 +90,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_kubeconfig(path: Path, host: str, *, namespace: Optional[str] = None, token: str = "t") -> Path:
+    """A kubeconfig whose one context ("fake") points at ``host`` (with ``namespace`` when given)."""
+    ns = f", namespace: {namespace}" if namespace else ""
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{host}'}}}}]\n"
+        f"users: [{{name: u, user: {{token: {token}}}}}]\n"
+        f"contexts: [{{name: fake, context: {{cluster: fake, user: u{ns}}}}}]\n")
+    return path
+
+
 def merge(dst: dict, patch: dict) -> dict:
     for k, v in patch.items():
         if v is None:

@@ -5,6 +5,7 @@ import _thread
 import threading
 import time
 
+import fake_k8s
 import k8s_cells
 import pytest
 
@@ -186,12 +187,7 @@ def test_k8s_cell_in_a_real_shell_through_the_kubeconfig(fake, tmp_path, monkeyp
     """%%pytorch_elastic --target k8s in an InteractiveShell; the client finds the server through $KUBECONFIG."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    cfg = tmp_path / "kubeconfig"
-    cfg.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{fake.host}'}}}}]\n"
-        "users: [{name: u, user: {token: not-a-real-token}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: u}}]\n")
+    cfg = fake_k8s.write_kubeconfig(tmp_path / "kubeconfig", fake.host, token="not-a-real-token")
     monkeypatch.setenv("KUBECONFIG", str(cfg))
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "ptjupyter")

@@ -127,12 +127,7 @@ def test_bad_values_fail_before_connecting(fake, api, plan_for):
 
 
 def test_the_kubeconfig_contexts_namespace_is_used_unless_one_is_given(fake, tmp_path, monkeypatch, plan_for):
-    cfg = tmp_path / "kubeconfig"
-    cfg.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{fake.host}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: u, namespace: team-b}}]\n")
+    cfg = fake_k8s.write_kubeconfig(tmp_path / "kubeconfig", fake.host, namespace="team-b")
     monkeypatch.setenv("KUBECONFIG", str(cfg))
     ref = run(plan_for(Elastic()), k8s_cells.hello, detach=True, out=lambda s: None)
     assert ref.namespace == "team-b" and fake.get("jobs", ref.name, "team-b")["metadata"]["namespace"] == "team-b"
@@ -188,12 +183,7 @@ def test_anything_else_going_wrong_while_following_is_a_k8s_error_naming_the_job
 
 
 def _kubeconfig(path, host, namespace="team-a"):
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{host}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        f"contexts: [{{name: fake, context: {{cluster: fake, user: u, namespace: {namespace}}}}}]\n")
-    return path
+    return fake_k8s.write_kubeconfig(path, host, namespace=namespace)
 
 
 def test_an_explicit_default_namespace_is_used_as_given(fake, tmp_path, monkeypatch, plan_for):

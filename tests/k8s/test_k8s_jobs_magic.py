@@ -1,6 +1,7 @@
 """``%pytorch_elastic_jobs`` as IPython shows it: help, one-line usage errors, cluster errors through the family."""
 from __future__ import annotations
 
+import fake_k8s
 import pytest
 from IPython.core.error import UsageError
 
@@ -20,12 +21,7 @@ def shell():
 
 @pytest.fixture
 def kubeconfig(fake, tmp_path, monkeypatch):
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{fake.host}'}}}}]\n"
-        "users: [{name: u, user: {token: t}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: u}}]\n")
+    path = fake_k8s.write_kubeconfig(tmp_path / "kubeconfig", fake.host)
     monkeypatch.setenv("KUBECONFIG", str(path))
     return path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import fake_k8s
 import k8s_cells
 import pytest
 
@@ -112,12 +113,7 @@ def test_a_trainjob_cell_in_a_real_shell_shows_node_lines_and_returns_rank0(fake
     """%%pytorch_elastic --target k8s --nnodes 2 (api auto on a Trainer-only cluster) through $KUBECONFIG."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    cfg = tmp_path / "kubeconfig"
-    cfg.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-        f"clusters: [{{name: fake, cluster: {{server: '{fake_v2.host}'}}}}]\n"
-        "users: [{name: u, user: {token: not-a-real-token}}]\n"
-        "contexts: [{name: fake, context: {cluster: fake, user: u}}]\n")
+    cfg = fake_k8s.write_kubeconfig(tmp_path / "kubeconfig", fake_v2.host, token="not-a-real-token")
     monkeypatch.setenv("KUBECONFIG", str(cfg))
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "ptjupyter")
