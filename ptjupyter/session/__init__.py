@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from ..plan import Mode
 from .errors import NoSession, SessionRunning
 
-__all__ = ["current", "start", "stop", "run", "cell_function", "NoSession", "SessionRunning"]
+__all__ = ["current", "require", "start", "stop", "run", "cell_function", "NoSession", "SessionRunning"]
 
 _lock = threading.Lock()
 _session = None  # one per process: its ranks are this process's children, whoever asks
@@ -25,6 +25,14 @@ _session = None  # one per process: its ranks are this process's children, whoev
 def current():
     """The running (or broken) session of this kernel, or None."""
     return _session if _session is not None and _session.state != "stopped" else None
+
+
+def require():
+    """The running (or broken) session, or the one-line :class:`NoSession`."""
+    s = current()
+    if s is None:
+        raise NoSession()
+    return s
 
 
 def start(plan, grace: Optional[float] = None):
@@ -62,9 +70,7 @@ atexit.register(stop)  # a kernel that exits normally stops its ranks (they die 
 def run(plan, fn: Callable, args=(), kwargs=None, *, sink=None) -> Any:
     """Run ``fn`` on the session's ranks (``execute()``'s ``Mode.SESSION``); rank 0's value."""
     __tracebackhide__ = True  # noqa: F841
-    s = current()
-    if s is None:
-        raise NoSession()
+    s = require()
     if plan.nproc_per_node != s.world_size and plan.nproc_per_node != 1:
         import sys
 
@@ -73,16 +79,13 @@ def run(plan, fn: Callable, args=(), kwargs=None, *, sink=None) -> Any:
     return s.run(fn, args, kwargs, sink=sink, timeout=plan.timeout)
 
 
-def cell_function(captured) -> Optional[Any]:
+def cell_function(captured) -> Any:
     """A captured cell as the ranks run it: in their namespaces, shipping only the notebook names they lack."""
     from ..capture import CELL_FILENAME
     from .rank import InNamespace
 
-    s = current()
-    if s is not None:
-        s.check()  # a broken session refuses before the cell shows anything
-    held = s.names if s is not None else set()
-    names = {n: v for n, v in captured.names.items() if n not in held}
-    if s is not None:
-        s.names.update(captured.assigned)
+    s = require()
+    s.check()  # a broken session refuses before the cell shows anything
+    names = {n: v for n, v in captured.names.items() if n not in s.names}
+    s.names.update(captured.assigned)
     return InNamespace(captured.tree, CELL_FILENAME, captured.code.splitlines(True), names)

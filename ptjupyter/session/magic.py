@@ -95,11 +95,7 @@ class SessionMagics(Magics):
     def _start(self, args):
         from .. import session
 
-        plan = self._plan(args)
-        if session.current() is not None:  # before any process starts
-            s = session.current()
-            raise session.SessionRunning(f"{s.world_size} ranks, {s.state}")
-        s = session.start(plan, grace=args.grace)
+        s = session.start(self._plan(args), grace=args.grace)  # refuses a second one before any process starts
         self.last_args = args
         print(f"pytorch_elastic session: {s.world_size} ranks ({s.backend}) started in {s.start_seconds:.1f} s")
 
@@ -149,10 +145,7 @@ class SessionMagics(Magics):
     def _session(self):
         from .. import session
 
-        s = session.current()
-        if s is None:
-            raise session.NoSession()
-        return s
+        return session.require()
 
     def _pull(self, args):
         from ..capture import format_size
