@@ -23,7 +23,8 @@ from . import kueue
 
 __all__ = [
     "PAYLOAD_DIR", "CONTAINER", "LABEL_MANAGED", "LABEL_JOB", "ANNOTATION_NONCE", "new_job_name",
-    "secret_name", "command", "build", "payload_volume_items",
+    "secret_name", "command", "build", "payload_volume_items", "job_metadata", "container_env", "payload_volumes",
+    "pod_placement", "pod_metadata", "merge_resources", "num",
 ]
 
 PAYLOAD_DIR = "/etc/ptjupyter"  # where the payload Secret is mounted in every pod
@@ -64,15 +65,16 @@ def command(plan: Plan) -> list:
         return [
             "torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", str(plan.nproc_per_node),
             "--max-restarts", str(plan.max_restarts), "--start-method", plan.start_method,
-            "--monitor-interval", _num(plan.monitor_interval), entry,
+            "--monitor-interval", num(plan.monitor_interval), entry,
         ]
-    cmd = ["torchrun", "--start-method", plan.start_method, "--monitor-interval", _num(plan.monitor_interval)]
+    cmd = ["torchrun", "--start-method", plan.start_method, "--monitor-interval", num(plan.monitor_interval)]
     if isinstance(plan.config, Elastic) and plan.rdzv_configs:
         cmd += ["--rdzv-conf", ",".join(f"{k}={v}" for k, v in plan.rdzv_configs.items())]
     return cmd + [entry]
 
 
-def _num(x: float) -> str:
+def num(x: float) -> str:
+    """``5.0`` -> ``"5"``, ``0.5`` -> ``"0.5"`` (as a torchrun flag takes it)."""
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
@@ -93,7 +95,7 @@ def _resources(owner: str, value: Any) -> dict:
     return out
 
 
-def _merge_resources(plan: Plan, requests: Any = None, limits: Any = None, owner: str = "") -> dict:
+def merge_resources(plan: Plan, requests: Any = None, limits: Any = None, owner: str = "") -> dict:
     req = {**plan.k8s.requests, **_resources(f"{owner}.requests", requests)}
     lim = {**plan.k8s.limits, **_resources(f"{owner}.limits", limits)}
     if getattr(plan, "gpus", None):  # --gpus N: every training container, requests == limits
@@ -117,37 +119,72 @@ def _labels(plan: Plan, name: str, pod: bool = False) -> dict:
     return labels
 
 
+def job_metadata(plan: Plan, name: str, nonce: str = "") -> dict:
+    """A job's metadata (every kind): name, namespace unless the kubeconfig's, labels (Kueue's too), annotations."""
+    annotations = {**plan.k8s.annotations, ANNOTATION_WORLD: str(plan.world_size)}
+    if nonce:
+        annotations[ANNOTATION_NONCE] = nonce
+    meta = {"name": name, "namespace": plan.k8s.namespace, "labels": {**_labels(plan, name), **kueue.labels(plan)},
+            "annotations": annotations}
+    if meta["namespace"] is None:  # the kubeconfig context's: filled in once connected
+        del meta["namespace"]
+    return meta
+
+
+def container_env(plan: Plan) -> list:
+    """The training container's env: unbuffered output, where the payload is, then the user's (ours win)."""
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "PTJUPYTER_PAYLOAD", "value": PAYLOAD_DIR}]
+    return env + [{"name": k, "value": v} for k, v in plan.k8s.env.items()
+                  if k not in ("PYTHONUNBUFFERED", "PTJUPYTER_PAYLOAD")]
+
+
+def payload_volumes(plan: Plan, name: str, files: Mapping[str, str]) -> tuple[list, list]:
+    """``(volumes, volumeMounts)``: the payload Secret at :data:`PAYLOAD_DIR`, and ``/dev/shm`` in memory."""
+    volumes = [{"name": "ptjupyter-payload", "secret": {"secretName": secret_name(name), "items": payload_volume_items(files)}}]
+    mounts = [{"name": "ptjupyter-payload", "mountPath": PAYLOAD_DIR, "readOnly": True}]
+    if getattr(plan.config, "increase_shared_mem", True):
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def pod_placement(plan: Plan) -> dict:
+    """The pod spec's node selector, tolerations and service account, those that are set."""
+    k, spec = plan.k8s, {}
+    if k.node_selector:
+        spec["nodeSelector"] = dict(k.node_selector)
+    if k.tolerations:
+        spec["tolerations"] = [dict(t) for t in k.tolerations]
+    if k.service_account:
+        spec["serviceAccountName"] = k.service_account
+    return spec
+
+
+def pod_metadata(plan: Plan, name: str) -> dict:
+    meta: dict = {"labels": _labels(plan, name, pod=True)}
+    if plan.k8s.annotations:
+        meta["annotations"] = dict(plan.k8s.annotations)
+    return meta
+
+
 def _pod_template(plan: Plan, name: str, image: str, resources: dict, files: Mapping[str, str],
                   restart_policy: Optional[str] = None) -> dict:
-    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "PTJUPYTER_PAYLOAD", "value": PAYLOAD_DIR}]
-    env += [{"name": k, "value": v} for k, v in plan.k8s.env.items() if k not in ("PYTHONUNBUFFERED", "PTJUPYTER_PAYLOAD")]
+    volumes, mounts = payload_volumes(plan, name, files)
     container = {
         "name": CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": command(plan),
-        "env": env,
-        "volumeMounts": [{"name": "ptjupyter-payload", "mountPath": PAYLOAD_DIR, "readOnly": True}],
+        "env": container_env(plan),
+        "volumeMounts": mounts,
     }
     if resources:
         container["resources"] = resources
-    volumes = [{"name": "ptjupyter-payload", "secret": {"secretName": secret_name(name), "items": payload_volume_items(files)}}]
-    if getattr(plan.config, "increase_shared_mem", True):
-        container["volumeMounts"].append({"name": "shm", "mountPath": "/dev/shm"})
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
     spec: dict = {"containers": [container], "volumes": volumes}
     if restart_policy:
         spec["restartPolicy"] = restart_policy
-    if plan.k8s.node_selector:
-        spec["nodeSelector"] = dict(plan.k8s.node_selector)
-    if plan.k8s.tolerations:
-        spec["tolerations"] = [dict(t) for t in plan.k8s.tolerations]
-    if plan.k8s.service_account:
-        spec["serviceAccountName"] = plan.k8s.service_account
-    meta: dict = {"labels": _labels(plan, name, pod=True)}
-    if plan.k8s.annotations:
-        meta["annotations"] = dict(plan.k8s.annotations)
-    return {"metadata": meta, "spec": spec}
+    spec.update(pod_placement(plan))
+    return {"metadata": pod_metadata(plan, name), "spec": spec}
 
 
 def _run_policy(plan: Plan) -> dict:
@@ -230,16 +267,10 @@ def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> d
     if plan.mode not in (Mode.POD, Mode.PYTORCHJOB):
         raise InvalidValue(f"mode={plan.mode.value!r} is not accepted for a Kubernetes manifest; expected pod or pytorchjob")
     check_options(plan)
-    annotations = {**plan.k8s.annotations, ANNOTATION_WORLD: str(plan.world_size)}
-    if nonce:
-        annotations[ANNOTATION_NONCE] = nonce
-    meta = {"name": name, "namespace": plan.k8s.namespace, "labels": {**_labels(plan, name), **kueue.labels(plan)},
-            "annotations": annotations}
-    if meta["namespace"] is None:  # the kubeconfig context's: filled in once connected
-        del meta["namespace"]
+    meta = job_metadata(plan, name, nonce)
     rp = _run_policy(plan)
     if plan.mode is Mode.POD:
-        template = _pod_template(plan, name, image_for(plan), _merge_resources(plan), files, "Never")
+        template = _pod_template(plan, name, image_for(plan), merge_resources(plan), files, "Never")
         spec: dict = {"backoffLimit": rp.get("backoffLimit", 0), "template": template}
         if "activeDeadlineSeconds" in rp:
             spec["activeDeadlineSeconds"] = rp["activeDeadlineSeconds"]
@@ -255,7 +286,7 @@ def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> d
         }
         specs = {}
         for key, (replicas, group, owner) in groups.items():
-            res = _merge_resources(plan, group.requests, group.limits, owner)
+            res = merge_resources(plan, group.requests, group.limits, owner)
             specs[key] = {
                 "replicas": replicas,
                 "restartPolicy": _restart(group.restart_policy),
@@ -276,7 +307,7 @@ def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> d
                 "Worker": {
                     "replicas": plan.max_nodes,
                     "restartPolicy": "Never",
-                    "template": _pod_template(plan, name, image_for(plan), _merge_resources(plan), files),
+                    "template": _pod_template(plan, name, image_for(plan), merge_resources(plan), files),
                 }
             },
         }

@@ -13,7 +13,6 @@ from typing import Mapping
 
 from ..errors import InvalidValue
 from ..plan import Mode, Plan
-from . import kueue
 from . import manifest as mf
 
 __all__ = ["API_VERSION", "KIND", "CONTAINER", "MANAGER", "RESERVED_ENV", "MAX_NAME", "build", "check_name"]
@@ -34,7 +33,7 @@ def check_name(name: str) -> None:
 
 
 def command(plan: Plan) -> list:
-    cmd = ["torchrun", "--start-method", plan.start_method, "--monitor-interval", mf._num(plan.monitor_interval)]
+    cmd = ["torchrun", "--start-method", plan.start_method, "--monitor-interval", mf.num(plan.monitor_interval)]
     if plan.max_restarts:
         cmd += ["--max-restarts", str(plan.max_restarts)]
     return cmd + [f"{mf.PAYLOAD_DIR}/entrypoint.py"]
@@ -45,30 +44,16 @@ def _env(plan: Plan) -> list:
     if reserved:
         raise InvalidValue(f"env name {reserved[0]!r} is not accepted for a TrainJob: the Trainer's torch plugin sets "
                            f"{', '.join(RESERVED_ENV)} itself; use nnodes/nproc_per_node instead")
-    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "PTJUPYTER_PAYLOAD", "value": mf.PAYLOAD_DIR}]
-    return env + [{"name": k, "value": v} for k, v in plan.k8s.env.items() if k not in ("PYTHONUNBUFFERED", "PTJUPYTER_PAYLOAD")]
+    return mf.container_env(plan)
 
 
 def _patch(plan: Plan, name: str, files: Mapping[str, str]) -> dict:
     """Our runtimePatches entry: pod labels, the payload volume, node selector, tolerations, service account."""
-    volumes = [{"name": "ptjupyter-payload", "secret": {"secretName": mf.secret_name(name),
-                                                        "items": mf.payload_volume_items(files)}}]
-    mounts = [{"name": "ptjupyter-payload", "mountPath": mf.PAYLOAD_DIR, "readOnly": True}]
-    if getattr(plan.config, "increase_shared_mem", True):
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
-        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
-    pod_spec: dict = {"volumes": volumes, "containers": [{"name": CONTAINER, "volumeMounts": mounts}]}
-    k = plan.k8s
-    if k.node_selector:
-        pod_spec["nodeSelector"] = dict(k.node_selector)
-    if k.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in k.tolerations]
-    if k.service_account:
-        pod_spec["serviceAccountName"] = k.service_account
-    pod_meta: dict = {"labels": mf._labels(plan, name, pod=True)}
-    if k.annotations:
-        pod_meta["annotations"] = dict(k.annotations)
-    rjob = {"name": CONTAINER, "template": {"spec": {"template": {"metadata": pod_meta, "spec": pod_spec}}}}
+    volumes, mounts = mf.payload_volumes(plan, name, files)
+    pod_spec: dict = {"volumes": volumes, "containers": [{"name": CONTAINER, "volumeMounts": mounts}],
+                      **mf.pod_placement(plan)}
+    pod = {"metadata": mf.pod_metadata(plan, name), "spec": pod_spec}
+    rjob = {"name": CONTAINER, "template": {"spec": {"template": pod}}}
     return {"manager": MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [rjob]}}}}
 
 
@@ -78,18 +63,13 @@ def build(plan: Plan, name: str, files: Mapping[str, str], nonce: str = "") -> d
         raise InvalidValue(f"mode={plan.mode.value!r} is not accepted for a TrainJob manifest; expected trainjob")
     mf.check_options(plan)
     check_name(name)
-    annotations = {**plan.k8s.annotations, mf.ANNOTATION_WORLD: str(plan.world_size)}
-    if nonce:
-        annotations[mf.ANNOTATION_NONCE] = nonce
-    meta = {"name": name, "labels": {**mf._labels(plan, name), **kueue.labels(plan)}, "annotations": annotations}
-    if plan.k8s.namespace is not None:  # else the kubeconfig context's: filled in once connected
-        meta["namespace"] = plan.k8s.namespace
+    meta = mf.job_metadata(plan, name, nonce)
     runtime = {"name": plan.k8s.runtime}
     if plan.k8s.runtime_kind != "ClusterTrainingRuntime":
         runtime.update(apiGroup="trainer.kubeflow.org", kind=plan.k8s.runtime_kind)
     trainer: dict = {"image": mf.image_for(plan), "command": command(plan), "numNodes": plan.max_nodes,
                      "numProcPerNode": plan.nproc_per_node, "env": _env(plan)}
-    resources = mf._merge_resources(plan)
+    resources = mf.merge_resources(plan)
     if resources:
         trainer["resourcesPerNode"] = resources
     spec: dict = {"runtimeRef": runtime, "trainer": trainer, "runtimePatches": [_patch(plan, name, files)]}
